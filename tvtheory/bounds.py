@@ -1,0 +1,154 @@
+"""Explicit bounds: the a-posteriori error bound (T2(c), T3) and the MLP curvature bound (T4).
+
+T2(c)/T3, for any sequence of steps theta_{s+1} = theta_s - eta * grad L_{b_s}(theta_s):
+    E = tau - (first-order term) = -eta * sum_s (grad L_{b_s}(theta_s) - grad L_{b_s}(theta_0)),
+    ||E|| <= eta * sum_s M_s * ||theta_s - theta_0||,
+with M_s >= sup of ||hess L_{b_s}|| on the segment [theta_0, theta_s] (mean-value theorem).
+Full-batch GD (B = 1) also gives the coarse form ||E_k|| <= C(k,2) eta^2 M G.
+
+T4, for the MLP h_0 = x, z_l = W_l h_{l-1} + b_l, h_l = sigma(z_l) (l < L), f = z_L, on a segment where
+s_l >= ||W_l||_2 and beta_l >= ||b_l||:
+    a_0 = ||x||,  a_l = |sigma(0)| sqrt(n_l) + c1 (s_l a_{l-1} + beta_l)                 (||h_l|| <= a_l)
+    e_l = sqrt(a_{l-1}^2 + 1)  (a_{l-1} without biases),  J_l^2 = e_l^2 + (c1 s_l)^2 J_{l-1}^2, J_0 = 0
+    Q_1 = 0,  Q_l = 2 c1 J_{l-1} + s_l c2 J_{l-1}^2 + s_l c1 Q_{l-1}
+    ||Df[v]|| <= J_L,  ||D^2 f[v, v]|| <= Q_L,  ||hess l(f(x), y)||_2 <= lambda J_L^2 + r Q_L
+(J_l^2 = sum_{m<=l} rho_{m,l}^2 with rho_{m,l} = e_m prod_{k=m+1}^{l} c1 s_k, written as a recursion.)
+The mean loss has Hessian norm at most the mean of the per-example bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .activations import get_activation, require_c2
+from .losses import CE_GRADIENT_BOUND, Loss
+from .models import MLPConfig
+
+_U64 = 2.0 ** -53
+
+
+@dataclass(frozen=True)
+class LayerNorms:
+    """s_l >= ||W_l||_2 and beta_l >= ||b_l|| for l = 1..L (float64 tensors of length L)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def max(self, other: "LayerNorms") -> "LayerNorms":
+        """Norm bounds valid on the whole segment between two points (norms are convex)."""
+        return LayerNorms(torch.maximum(self.weight, other.weight), torch.maximum(self.bias, other.bias))
+
+
+def mlp_layers(config: MLPConfig, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(W_l, b_l) for l = 1..L from a flat MLP parameter vector (nn.Linear layout, row-major)."""
+    widths, out, start = config.widths, [], 0
+    expected = sum(n_out * n_in + (n_out if config.bias else 0) for n_in, n_out in zip(widths[:-1], widths[1:]))
+    if theta.numel() != expected:
+        raise ValueError(f"theta has {theta.numel()} entries, but an MLP with widths {widths} "
+                         f"(bias={config.bias}) has {expected} parameters")
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        w = theta[start:start + n_out * n_in].view(n_out, n_in)
+        start += n_out * n_in
+        b = None
+        if config.bias:
+            b = theta[start:start + n_out]
+            start += n_out
+        out.append((w, b))
+    return out
+
+
+def layer_norms(config: MLPConfig, theta: torch.Tensor) -> LayerNorms:
+    """Spectral norms of the weights and Euclidean norms of the biases at one point, rounded up.
+
+    Computed in float64; each value is raised by the relative amount 64 * n * u (n = larger matrix
+    side), which covers the backward error of the SVD, so s_l is a true upper bound.
+    """
+    weight, bias = [], []
+    for w, b in mlp_layers(config, theta.detach().double()):
+        slack = 1.0 + 64 * max(w.shape) * _U64
+        weight.append(torch.linalg.matrix_norm(w, ord=2) * slack)
+        bias.append(torch.linalg.vector_norm(b) * (1.0 + 64 * b.numel() * _U64) if b is not None
+                    else torch.zeros((), dtype=torch.float64))
+    return LayerNorms(torch.stack(weight), torch.stack(bias))
+
+
+@dataclass(frozen=True)
+class MLPHessianBound:
+    """Per-example T4 quantities: J_L (first derivative), Q_L (second derivative), the Hessian bound."""
+
+    J: torch.Tensor
+    Q: torch.Tensor
+    per_example: torch.Tensor
+
+    @property
+    def mean(self) -> float:
+        """M: a bound on ||hess L||_2 for the mean loss over the examples."""
+        return float(self.per_example.mean())
+
+
+def mlp_hessian_bound(
+    config: MLPConfig,
+    loss: Loss,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    norms: LayerNorms,
+) -> MLPHessianBound:
+    """T4: bounds on ||Df||, ||D^2 f|| and ||hess l(f(x), y)||_2 for every example, given layer norm bounds.
+
+    ``norms`` must bound the weights on the whole set considered: ``layer_norms(theta)`` for one point,
+    ``layer_norms(a).max(layer_norms(b))`` for the segment [a, b]. Cost: O(N L) after the L spectral norms.
+    """
+    act = get_activation(config.activation)
+    require_c2(act, "the curvature bound T4")
+    c1, c2 = act.c1, act.c2
+    s, beta, widths = norms.weight, norms.bias, config.widths
+    L = config.depth
+    if s.numel() != L:
+        raise ValueError(f"norms are given for {s.numel()} layers, the MLP has {L}")
+    x = x.detach().double().reshape(x.shape[0], -1)
+    a = torch.linalg.vector_norm(x, dim=1)                      # a_0 = ||x||
+    J = torch.zeros_like(a)
+    Q = torch.zeros_like(a)
+    for l in range(1, L + 1):
+        s_l, b_l = s[l - 1], beta[l - 1]
+        e = torch.sqrt(a ** 2 + 1.0) if config.bias else a       # e_l
+        J_prev = J
+        Q = 2 * c1 * J_prev + s_l * c2 * J_prev ** 2 + s_l * c1 * Q if l > 1 else torch.zeros_like(a)
+        J = torch.sqrt(e ** 2 + (c1 * s_l) ** 2 * J_prev ** 2)
+        if l < L:
+            a = act.sigma0 * math.sqrt(widths[l]) + c1 * (s_l * a + b_l)
+    if loss.name == "mse":
+        t = target.detach().double().reshape(target.shape[0], -1)
+        r = s[L - 1] * a + beta[L - 1] + torch.linalg.vector_norm(t, dim=1)   # ||f - y|| <= ||f|| + ||y||
+    elif loss.name == "ce":
+        r = torch.full_like(a, CE_GRADIENT_BOUND)
+    else:
+        raise ValueError(f"T4 knows the constants of the losses 'mse' and 'ce', not {loss.name!r}")
+    slack = 1.0 + 16 * (L + 4) * _U64        # rounding of this recursion, so the result stays an upper bound
+    return MLPHessianBound(J * slack, Q * slack, (loss.curvature * J ** 2 + r * Q) * slack)
+
+
+def aposteriori_error_bound(lr: float, step_bounds: Sequence[float], thetas: Sequence[torch.Tensor]) -> float:
+    """T2(c)/T3: eta * sum_s M_s ||theta_s - theta_0|| over the steps s = 0..S-1 given.
+
+    ``step_bounds[s]`` bounds the Hessian of the loss used at step s on [theta_0, theta_s];
+    ``thetas`` = theta_0..theta_{S-1} (the s = 0 term vanishes).
+    """
+    if len(step_bounds) != len(thetas):
+        raise ValueError(f"{len(step_bounds)} Hessian bounds for {len(thetas)} steps")
+    theta0 = thetas[0]
+    return lr * sum(m * float(torch.linalg.vector_norm((t - theta0).double())) for m, t in zip(step_bounds, thetas))
+
+
+def coarse_error_bound(lr: float, k: int, M: float, G: float) -> float:
+    """T2(c), full-batch GD: ||E_k|| <= C(k,2) eta^2 M G with M >= max_j M_j, G >= max_j ||grad L(theta_j)||."""
+    return math.comb(k, 2) * lr ** 2 * M * G
+
+
+def dominance_number(lr: float, M: float, k: int) -> float:
+    """eta * M * k: ||E_k|| / ||k eta g|| <= (eta M k / 2) G/||g||, so the first epoch dominates while it is small."""
+    return lr * M * k

@@ -1,0 +1,91 @@
+"""Gradients, Hessian-vector products and the Hessian spectral norm, without forming H.
+
+- ``hvp(f, theta, v)`` = H(theta) v by forward-over-reverse differentiation: the directional derivative
+  of grad f along v, ``jvp(grad(f), theta, v)``. Cost: about 2-3 gradient evaluations, memory O(P).
+- ``hessian_spectral_norm`` = ||H(theta)||_2 = max |eigenvalue|, by Lanczos (ARPACK ``eigsh``) on a
+  ``LinearOperator`` of HVPs; a dense eigendecomposition only where P is small.
+- ``dense_hessian`` materialises H (P x P) and refuses above ``max_params``: use it for checks only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from torch.func import grad, hessian, jvp
+
+ScalarFn = Callable[[torch.Tensor], torch.Tensor]
+
+DENSE_HESSIAN_MAX_PARAMS = 5_000
+
+
+def gradient(f: ScalarFn, theta: torch.Tensor) -> torch.Tensor:
+    """grad f(theta)."""
+    return grad(f)(theta)
+
+
+def hvp(f: ScalarFn, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """H(theta) v with H = hess f, by forward-over-reverse (one jvp of the gradient)."""
+    if v.shape != theta.shape:
+        raise ValueError(f"direction v has shape {tuple(v.shape)}, expected {tuple(theta.shape)} like theta")
+    return jvp(grad(f), (theta,), (v.to(theta.dtype),))[1]
+
+
+def dense_hessian(f: ScalarFn, theta: torch.Tensor, max_params: int = DENSE_HESSIAN_MAX_PARAMS) -> torch.Tensor:
+    """hess f(theta) as a P x P matrix; refuses P > max_params (use hvp / hessian_spectral_norm)."""
+    p = theta.numel()
+    if p > max_params:
+        raise ValueError(
+            f"refusing to materialise a {p} x {p} Hessian (P = {p} > max_params = {max_params}); "
+            "use hvp() or hessian_spectral_norm(), which need only Hessian-vector products"
+        )
+    h = hessian(f)(theta)
+    return 0.5 * (h + h.T)
+
+
+def hessian_operator(f: ScalarFn, theta: torch.Tensor) -> LinearOperator:
+    """H(theta) as a scipy LinearOperator over float64 numpy vectors (one HVP per matvec)."""
+    theta = theta.detach()
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        w = torch.as_tensor(np.ascontiguousarray(v).reshape(-1), device=theta.device).to(theta.dtype)
+        return hvp(f, theta, w).detach().cpu().double().numpy()
+
+    return LinearOperator((theta.numel(), theta.numel()), matvec=matvec, rmatvec=matvec, dtype=np.float64)
+
+
+def hessian_spectral_norm(
+    f: ScalarFn,
+    theta: torch.Tensor,
+    *,
+    method: str = "auto",
+    tol: float = 1e-8,
+    maxiter: int | None = None,
+    seed: int = 0,
+) -> float:
+    """||hess f(theta)||_2 = max_i |lambda_i|.
+
+    method "dense": eigvalsh of the dense Hessian (P <= 5,000); "lanczos": ARPACK eigsh on HVPs,
+    largest magnitude, started from a seeded random vector; "auto": dense for P <= 200, else lanczos.
+    Lanczos converges from below, so a Lanczos value is a lower estimate of the true norm.
+    """
+    p = theta.numel()
+    if method == "auto":
+        method = "dense" if p <= 200 else "lanczos"
+    if method == "dense":
+        return float(torch.linalg.eigvalsh(dense_hessian(f, theta).double()).abs().max())
+    if method != "lanczos":
+        raise ValueError(f"unknown method {method!r}; use 'auto', 'dense' or 'lanczos'")
+    if p < 3:
+        return hessian_spectral_norm(f, theta, method="dense")
+    v0 = np.random.default_rng(seed).standard_normal(p)
+    try:
+        vals = eigsh(hessian_operator(f, theta), k=1, which="LM", v0=v0, tol=tol, maxiter=maxiter,
+                     return_eigenvectors=False)
+    except ArpackNoConvergence as err:  # keep the best Ritz value found: still a lower estimate
+        if len(err.eigenvalues) == 0:
+            raise
+        vals = err.eigenvalues
+    return float(np.abs(vals).max())

@@ -1,0 +1,138 @@
+"""The floating-point model of T1: how exactly does a computed task vector equal -eta * g?
+
+One optimizer step computes theta_1 = fl(theta_0 - fl(eta' * g)) (eta' = eta rounded to the working
+precision; torch fuses some of these operations, which only removes roundings), and the task vector is
+tau = fl(theta_1 - theta_0). In the standard model fl(a op b) = (a op b)(1 + d), |d| <= u, the residual
+    r = tau + eta * g          (computed exactly, see ``exact_residual``)
+obeys, elementwise (derivation in docs/theory.md, T1):
+    |r| <= u (1 + u) |theta_0| + gamma_4 |eta g| + 2 eta_min,    gamma_n = n u / (1 - n u),
+where u = 2^-53 (float64) or 2^-24 (float32) and eta_min is half the smallest subnormal (underflow of
+the product). The four roundings on the eta*g path are: eta -> eta', eta' * g, the update, the
+subtraction. Other optimizers change the update and therefore the number of roundings n (``gamma``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+_SPLITTER = 134217729.0  # 2^27 + 1, Veltkamp's constant for float64
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = 2^-p: 2^-53 for float64, 2^-24 for float32 (round to nearest)."""
+    if dtype == torch.float64:
+        return 2.0 ** -53
+    if dtype == torch.float32:
+        return 2.0 ** -24
+    raise ValueError(f"the T1 floating-point model covers float32 and float64, not {dtype}")
+
+
+def underflow_unit(dtype: torch.dtype) -> float:
+    """Half the smallest positive subnormal: the absolute error of a product that underflows."""
+    return float(torch.finfo(dtype).smallest_normal) * unit_roundoff(dtype)
+
+
+def gamma(n: int, u: float) -> float:
+    """gamma_n = n u / (1 - n u): bounds |prod_{i<=n} (1 + d_i)^{+-1} - 1| for |d_i| <= u (Higham, Lemma 3.1)."""
+    if n * u >= 1:
+        raise ValueError(f"gamma_{n} is undefined for u = {u}")
+    return n * u / (1 - n * u)
+
+
+def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """s + e == a + b exactly, s = fl(a + b) (Knuth)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    c = _SPLITTER * a
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def _two_prod(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p + e == a * b exactly, p = fl(a * b) (Dekker), barring underflow/overflow."""
+    p = a * b
+    ah, al = _split(a)
+    bh, bl = _split(b)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def exact_residual(tau: torch.Tensor, grads: torch.Tensor | Sequence[torch.Tensor], lr: float) -> torch.Tensor:
+    """r = tau + lr * sum(grads), with tau and the grads floating-point vectors and lr a float64 number.
+
+    Computed in float64 double-double arithmetic (error-free transformations): the products lr * g and
+    the running sum are exact, and only the final accumulation of the error terms rounds, so the result
+    is r to within a relative error of a few units of 2^-53, negligible against the models here.
+    """
+    s = tau.detach().double()
+    err = torch.zeros_like(s)
+    for g in ([grads] if isinstance(grads, torch.Tensor) else grads):
+        p, p_err = _two_prod(torch.full_like(s, float(lr)), g.detach().double())
+        s, s_err = _two_sum(s, p)
+        err = err + (s_err + p_err)
+    return s + err
+
+
+def step_residual_bound(theta0: torch.Tensor, update: torch.Tensor, dtype: torch.dtype, n: int = 4,
+                        underflows: int = 2) -> torch.Tensor:
+    """u (1 + u) |theta_0| + gamma_n |update| + underflows * eta_min, elementwise, in float64.
+
+    ``update`` is the exact update the identity predicts (eta * g for T1); ``n`` counts the roundings on
+    its path (4 for SGD, see the module docstring).
+    """
+    u = unit_roundoff(dtype)
+    return (u * (1 + u) * theta0.detach().double().abs() + gamma(n, u) * update.detach().double().abs()
+            + underflows * underflow_unit(dtype))
+
+
+@dataclass(frozen=True)
+class ResidualCheck:
+    """A residual measured against its floating-point model, elementwise."""
+
+    max_ratio: float        # max_i |r_i| / bound_i  (holds when <= 1)
+    residual_norm: float    # ||r||
+    bound_norm: float       # ||bound||
+    tau_norm: float
+    exact_zero_fraction: float  # share of coordinates where r is exactly 0
+
+    @property
+    def holds(self) -> bool:
+        return self.max_ratio <= 1.0
+
+    def to_dict(self) -> dict:
+        return {"holds": self.holds, "max_ratio": self.max_ratio, "residual_norm": self.residual_norm,
+                "bound_norm": self.bound_norm, "tau_norm": self.tau_norm,
+                "exact_zero_fraction": self.exact_zero_fraction}
+
+
+def compare(residual: torch.Tensor, bound: torch.Tensor, tau: torch.Tensor) -> ResidualCheck:
+    """Summarise |r| <= bound elementwise."""
+    ratio = residual.abs() / bound
+    return ResidualCheck(
+        max_ratio=float(ratio.max()) if ratio.numel() else 0.0,
+        residual_norm=float(torch.linalg.vector_norm(residual)),
+        bound_norm=float(torch.linalg.vector_norm(bound)),
+        tau_norm=float(torch.linalg.vector_norm(tau.double())),
+        exact_zero_fraction=float((residual == 0).double().mean()) if residual.numel() else 1.0,
+    )
+
+
+def check_t1(theta0: torch.Tensor, theta1: torch.Tensor, g: torch.Tensor, lr: float) -> ResidualCheck:
+    """T1: tau = fl(theta_1 - theta_0) against -lr * g, within the floating-point model, elementwise.
+
+    ``g`` is the gradient the step used (the optimizer's own), theta0/theta1 the parameters before and after.
+    """
+    if not (theta0.shape == theta1.shape == g.shape):
+        raise ValueError(f"theta0, theta1 and g must have one shape, got {tuple(theta0.shape)}, "
+                         f"{tuple(theta1.shape)}, {tuple(g.shape)}")
+    dtype = theta0.dtype
+    tau = theta1 - theta0                       # the task vector, in the working precision
+    r = exact_residual(tau, g, lr)
+    bound = step_residual_bound(theta0, float(lr) * g.detach().double().abs(), dtype)
+    return compare(r, bound, tau)

@@ -1,0 +1,322 @@
+"""Each statement of the theory checked on one problem, returned as a :class:`Verdict`.
+
+- ``verify_t1``: one full-batch GD step, torch.optim.SGD and the plain functional step, against the
+  floating-point model of :mod:`tvtheory.fp`.
+- ``verify_c1``: sum_t tau_t^(1) = -eta T grad L_MT(theta_0) for tasks split from the data.
+- ``verify_t2``: full-batch GD over k epochs: the a-posteriori bound T2(c) with M_j from T4, the
+  remainder slope of T2(a), and the symbolic proof of T2(b).
+- ``verify_t3``: one epoch of mini-batch SGD: the bound and the remainder slope of T3.
+- ``verify_t4``: the T4 bound against ||hess L||_2 (Lanczos on HVPs) at theta_0 and at theta_K.
+- ``verify_optimizer``: which identity holds for the optimizer the user ran, checked.
+Floating point: E_k is computed from rounded iterates, so inequalities on E_k are checked against the
+bound plus ``rounding_allowance`` (the model of that computation), a term of relative size ~1e-13 here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .bounds import aposteriori_error_bound, dominance_number, layer_norms, mlp_hessian_bound
+from .curvature import gradient, hessian_spectral_norm
+from .data import split_by_label
+from .expansion import batch_gradients, first_order_terms, second_order_terms
+from .fp import compare, exact_residual, gamma, step_residual_bound, unit_roundoff
+from .objective import Objective
+from .optimizers import OptimizerSpec, first_order_prediction, first_step_identity
+from .problem import Problem
+from .task_vectors import cosine, relative_error
+from .trajectory import Trajectory, gradient_descent, run_optimizer
+
+SLOPE_THRESHOLD = 2.7   # T2(a)/T3: the fitted log-log slope of ||R|| against eta must exceed this (expect 3)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a statement holds on this problem, by how much, and what exactly was checked."""
+
+    theorem: str
+    holds: bool | None          # None: the statement does not apply (e.g. ReLU for T2-T4)
+    margin: float | None        # the headline number (see ``message`` for its meaning)
+    message: str
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"holds": self.holds, "applicable": self.holds is not None, "margin": self.margin,
+                "message": self.message, **self.details}
+
+    @property
+    def label(self) -> str:
+        return {True: "holds", False: "FAILS", None: "n/a"}[self.holds]
+
+
+def _norm(v: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(v.detach().double()))
+
+
+def _not_c2(theorem: str, problem: Problem) -> Verdict | None:
+    act = problem.model.act
+    if act.is_c2:
+        return None
+    return Verdict(theorem, None, None, f"not applicable: {act.name} is not C^2, so no Hessian bound exists "
+                   "(T2-T4 need sigma in C^2); T1 still holds")
+
+
+def verify_t1(problem: Problem, lr: float) -> Verdict:
+    """T1: one full-batch GD step gives tau = -eta g, to the floating-point model, elementwise."""
+    theta0, f = problem.theta0, problem.objective
+    traj = run_optimizer(f, theta0, OptimizerSpec("gd", lr).make, epochs=1, lr_for_messages=lr)
+    by_sgd = check_step(theta0, traj.thetas[1], traj.grads[0], lr)
+    g = gradient(f, theta0)
+    by_fn = check_step(theta0, theta0 - lr * g, g, lr)
+    worst = max(by_sgd.max_ratio, by_fn.max_ratio)
+    holds = by_sgd.holds and by_fn.holds
+    return Verdict("T1", holds, worst,
+                   f"tau = -eta g {'holds' if holds else 'FAILS'}: max |r|/model = {worst:.3f} (<= 1 required) over "
+                   f"P = {theta0.numel()} coordinates, torch.optim.SGD and functional step, {theta0.dtype}",
+                   {"torch_sgd": by_sgd.to_dict(), "functional": by_fn.to_dict()})
+
+
+def check_step(theta0: torch.Tensor, theta1: torch.Tensor, g: torch.Tensor, lr: float):
+    """T1 on one step (see :func:`tvtheory.fp.check_t1`)."""
+    from .fp import check_t1
+
+    return check_t1(theta0, theta1, g, lr)
+
+
+def verify_c1(problem: Problem, lr: float, num_tasks: int) -> Verdict:
+    """C1: the sum of one-step task vectors is one multitask GD step, sum_t tau_t = -eta T grad L_MT.
+
+    Tasks are the label classes mod T. Floating-point model: each tau_t carries the T1 residual, and
+    the sum of T vectors adds at most gamma_{T-1} sum_t |tau_t| (any summation order).
+    """
+    theta0, dtype = problem.theta0, problem.theta0.dtype
+    taus, grads, objectives = [], [], []
+    for task in split_by_label(problem.data, num_tasks):
+        f = Objective(problem.model, problem.loss, task.x, task.targets(problem.loss.name))
+        traj = run_optimizer(f, theta0, OptimizerSpec("gd", lr).make, epochs=1, lr_for_messages=lr)
+        taus.append(traj.task_vector(1))
+        grads.append(traj.grads[0])
+        objectives.append(f)
+    merged = torch.stack(taus).sum(0)
+    r = exact_residual(merged, grads, lr)
+    u = unit_roundoff(dtype)
+    bound = sum(step_residual_bound(theta0, lr * g.double().abs(), dtype) for g in grads)
+    bound = bound + gamma(max(num_tasks - 1, 0), u) * torch.stack(taus).double().abs().sum(0)
+    check = compare(r, bound, merged)
+    mt_grad = gradient(lambda th: torch.stack([f(th) for f in objectives]).mean(), theta0)
+    step_gap = relative_error(theta0 + merged / num_tasks, theta0 - lr * mt_grad)
+    return Verdict("C1", check.holds, check.max_ratio,
+                   f"sum of {num_tasks} one-step task vectors = -eta T grad L_MT {'holds' if check.holds else 'FAILS'}: "
+                   f"max |r|/model = {check.max_ratio:.3f}; alpha = 1/T merge vs one multitask GD step "
+                   f"(autograd): relative gap {step_gap:.1e}",
+                   {"check": check.to_dict(), "num_tasks": num_tasks, "alpha_1_over_T_relative_gap": step_gap})
+
+
+def step_hessian_bounds(problem: Problem, traj: Trajectory) -> list[float]:
+    """M_s: the T4 bound for the batch loss of step s on the segment [theta_0, theta_s]."""
+    config = problem.model.config
+    norms0 = layer_norms(config, traj.theta0)
+    out = []
+    for s, b in enumerate(traj.schedule):
+        f = problem.batch_objectives[b]
+        norms = norms0.max(layer_norms(config, traj.thetas[s]))
+        out.append(mlp_hessian_bound(config, problem.loss, f.x, f.target, norms).mean)
+    return out
+
+
+def rounding_allowance(problem: Problem, traj: Trajectory, lr: float, k: int) -> float:
+    """A floating-point model of ||computed E_k - E_k|| for the functional GD/SGD iteration.
+
+    Step s computes theta_{s+1} = fl(theta_s - fl(eta g_s)), off by at most gamma_2 (|eta g_s| + |theta_{s+1}|)
+    elementwise; the task vector adds u |tau|; each gradient evaluation is modelled as accurate to
+    gamma_m ||g|| with m = 4 (N + max width + L) (backward-stable backpropagation with sums of that length).
+    """
+    dtype = traj.theta0.dtype
+    u = unit_roundoff(dtype)
+    S = k * traj.steps_per_epoch
+    widths = problem.model.config.widths
+    m = 4 * (len(problem.objective) + max(widths) + len(widths))
+    steps = sum(gamma(2, u) * (lr * traj.grads[s].double().abs() + traj.thetas[s + 1].double().abs())
+                for s in range(S))
+    task = u * (traj.thetas[S] - traj.theta0).double().abs()
+    grads = 2 * lr * gamma(m, u) * sum(_norm(traj.grads[s]) + _norm(traj.grads[0]) for s in range(S))
+    return _norm(steps + task) + grads
+
+
+def epoch_rows(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> list[dict]:
+    """Per-epoch quantities of a run: ||tau_k||, the first-order term, E_k, the second-order term, the bound."""
+    theta0, lr, B = traj.theta0, spec.lr, traj.steps_per_epoch
+    g = gradient(problem.objective, theta0)
+    gb = batch_gradients(problem.batch_objectives, theta0)
+    plain = spec.name in ("gd", "sgd") and spec.weight_decay == 0
+    smooth = problem.model.act.is_c2
+    second = (second_order_terms(problem.batch_objectives, theta0, lr, gb, traj.schedule, B)
+              if plain and smooth else None)
+    M = step_hessian_bounds(problem, traj) if plain and smooth else None
+    gd_first = first_order_terms(lr, gb, traj.schedule, B)
+    rows = []
+    for k in range(1, traj.epochs + 1):
+        tau = traj.task_vector(k)
+        first = first_order_prediction(spec, theta0, gb, traj.schedule[:k * B])
+        first = gd_first[k - 1] if first is None else first
+        error = tau - first
+        row = {"k": k, "tau_norm": _norm(tau), "first_order_norm": _norm(first), "error_norm": _norm(error),
+               "second_order_norm": None, "second_order_residual_norm": None, "bound": None, "bound_ratio": None,
+               "cos_tau_neg_g": cosine(tau, -g), "dominance": None}
+        if second is not None:
+            row["second_order_norm"] = _norm(second[k - 1])
+            row["second_order_residual_norm"] = _norm(error - second[k - 1])
+        if M is not None:
+            S = k * B
+            bound = aposteriori_error_bound(lr, M[:S], traj.thetas[:S])
+            row["bound"] = bound
+            # k = 1 of full-batch GD: E_1 = 0 exactly and the bound is 0; E_1 is rounding, checked by T1
+            row["bound_ratio"] = bound / row["error_norm"] if bound > 0 and row["error_norm"] > 0 else None
+            row["dominance"] = dominance_number(lr, max(M[:S]), S)
+            row["rounding_allowance"] = rounding_allowance(problem, traj, lr, k)
+        rows.append(row)
+    return rows
+
+
+def remainder_norms(problem: Problem, etas: Sequence[float], epochs: int) -> list[float]:
+    """||R|| = ||tau - first-order - second-order|| after ``epochs`` epochs of (mini-batch) GD, for each eta.
+
+    The first- and second-order terms are computed once (at eta = 1) and scaled by eta and eta^2.
+    """
+    theta0, B = problem.theta0, problem.num_batches
+    gb = batch_gradients(problem.batch_objectives, theta0)
+    schedule = [b for _ in range(epochs) for b in range(B)]
+    first1 = first_order_terms(1.0, gb, schedule, B)[-1]
+    second1 = second_order_terms(problem.batch_objectives, theta0, 1.0, gb, schedule, B)[-1]
+    batches = None if B == 1 else [torch.arange(i * (len(problem.objective) // B), (i + 1) * (len(problem.objective) // B))
+                                   for i in range(B)]
+    out = []
+    for eta in etas:
+        traj = gradient_descent(problem.objective, theta0, eta, epochs, batches)
+        out.append(_norm(traj.task_vector(epochs) - eta * first1 - eta ** 2 * second1))
+    return out
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Least-squares slope of log y against log x."""
+    return float(np.polyfit(np.log(np.asarray(x)), np.log(np.asarray(y)), 1)[0])
+
+
+def remainder_slope(problem: Problem, eta_max: float, epochs: int, halvings: int = 5) -> dict:
+    """The fitted slope of log ||R|| against log eta over eta_max / 2^i, i = 0..halvings (expect 3)."""
+    etas = [eta_max / 2 ** i for i in range(halvings + 1)]
+    norms = remainder_norms(problem, etas, epochs)
+    usable = [(e, r) for e, r in zip(etas, norms) if r > 0]
+    slope = loglog_slope(*zip(*usable)) if len(usable) >= 3 else float("nan")
+    return {"etas": etas, "remainder_norms": norms, "slope": slope}
+
+
+def asymptotic_eta(hessian_norm: float, steps: int) -> float:
+    """A learning rate in the asymptotic regime of the expansion: eta ||H|| S = 0.1 for S steps."""
+    return 0.1 / (max(hessian_norm, 1e-12) * steps)
+
+
+def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | None = None) -> Verdict:
+    """T2 on full-batch GD for k = 1..epochs: (c) ||E_k|| <= bound_k (T4's M_j), (a) slope of ||R_k|| ~ 3,
+    (b) the quadratic series proven symbolically."""
+    refused = _not_c2("T2", problem)
+    if refused:
+        return refused
+    from .symbolic import prove_quadratic_series
+
+    p64 = problem.to(torch.float64)
+    traj = gradient_descent(p64.objective, p64.theta0, lr, epochs)
+    rows = epoch_rows(p64, OptimizerSpec("gd", lr), traj)
+    checked = [r for r in rows if r["k"] >= 2]   # E_1 = 0 exactly: that is T1
+    ratios = [r["bound"] / r["error_norm"] for r in checked if r["error_norm"] > 0]
+    bound_holds = all(r["error_norm"] <= r["bound"] + r["rounding_allowance"] for r in checked)
+    k_slope = max(epochs, 3)
+    h = hessian_norm if hessian_norm is not None else hessian_spectral_norm(p64.objective, p64.theta0)
+    slope = remainder_slope(p64, min(lr, asymptotic_eta(h, k_slope)), k_slope)
+    series = prove_quadratic_series(min(max(epochs, 2), 6))
+    series_holds = all(series["per_k"].values()) and series["all_k_closed_form"]
+    holds = bound_holds and slope["slope"] > SLOPE_THRESHOLD and series_holds
+    tight = min(ratios) if ratios else math.inf
+    return Verdict("T2", holds, tight,
+                   f"(c) ||E_k|| <= bound for k = 2..{epochs}: {'yes' if bound_holds else 'NO'} (tightest bound/||E_k|| "
+                   f"= {tight:.3g}); (a) slope of ||R_{k_slope}|| vs eta = {slope['slope']:.3f} (> {SLOPE_THRESHOLD}); "
+                   f"(b) quadratic series proven symbolically: {'yes' if series_holds else 'NO'}",
+                   {"bound_holds": bound_holds, "min_bound_ratio": tight, "slope": slope,
+                    "quadratic_series": series})
+
+
+def verify_t3(problem: Problem, lr: float, num_batches: int, hessian_norm: float | None = None) -> Verdict:
+    """T3 on one epoch of B-batch SGD: ||E|| <= eta sum_b M_b ||theta_b - theta_0||, and ||R|| = O(eta^3)."""
+    refused = _not_c2("T3", problem)
+    if refused:
+        return refused
+    p64 = problem.to(torch.float64).with_batches(num_batches)
+    n, B = len(p64.objective), num_batches
+    batches = [torch.arange(i * (n // B), (i + 1) * (n // B)) for i in range(B)]
+    traj = gradient_descent(p64.objective, p64.theta0, lr, 1, batches)
+    row = epoch_rows(p64, OptimizerSpec("sgd", lr), traj)[0]
+    bound_holds = row["error_norm"] <= row["bound"] + row["rounding_allowance"]
+    h = hessian_norm if hessian_norm is not None else hessian_spectral_norm(p64.objective, p64.theta0)
+    slope = remainder_slope(p64, min(lr, asymptotic_eta(h, B)), 1)
+    holds = bound_holds and slope["slope"] > SLOPE_THRESHOLD
+    return Verdict("T3", holds, row["bound_ratio"],
+                   f"one epoch of {B} batches: ||E|| = {row['error_norm']:.3g} <= bound {row['bound']:.3g}: "
+                   f"{'yes' if bound_holds else 'NO'} (bound/||E|| = {row['bound_ratio']:.3g}); slope of ||R|| vs eta = "
+                   f"{slope['slope']:.3f} (> {SLOPE_THRESHOLD})",
+                   {"bound_holds": bound_holds, "num_batches": B, "epoch": row, "slope": slope})
+
+
+def verify_t4(problem: Problem, thetas: Sequence[torch.Tensor],
+              hessian_norms: Sequence[float | None] | None = None) -> Verdict:
+    """T4: the curvature bound is >= ||hess L||_2 (Lanczos on HVPs, a lower estimate) at each given point.
+
+    ``hessian_norms`` may carry norms already computed for some of the points (None: compute it)."""
+    refused = _not_c2("T4", problem)
+    if refused:
+        return refused
+    p64 = problem.to(torch.float64)
+    config, f = p64.model.config, p64.objective
+    points = []
+    known = list(hessian_norms) if hessian_norms is not None else [None] * len(thetas)
+    for theta, true in zip(thetas, known):
+        theta = theta.double()
+        true = true if true is not None else hessian_spectral_norm(f, theta)
+        bound = mlp_hessian_bound(config, p64.loss, f.x, f.target, layer_norms(config, theta)).mean
+        points.append({"hessian_norm": true, "bound": bound, "tightness": bound / true if true > 0 else math.inf})
+    holds = all(p["bound"] >= p["hessian_norm"] for p in points)
+    tight = min(p["tightness"] for p in points)
+    return Verdict("T4", holds, tight,
+                   f"bound >= ||H||_2 at theta_0 and theta_K: {'yes' if holds else 'NO'}; bound/||H||_2 = "
+                   + ", ".join(f"{p['tightness']:.3g}" for p in points) + f" (||H(theta_0)||_2 = {points[0]['hessian_norm']:.4g})",
+                   {"points": points})
+
+
+def verify_optimizer(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> Verdict:
+    """The identity that holds for the optimizer the user ran (first step, checked to its FP model), and
+    how far its task vectors are from -eta g after K epochs (relative error, cosine)."""
+    identity = first_step_identity(spec, traj.theta0, traj.thetas[1], traj.grads[0])
+    g = gradient(problem.objective, traj.theta0)
+    K, B = traj.epochs, traj.steps_per_epoch
+    tau_K = traj.task_vector(K)
+    gd_prediction = -spec.lr * K * B * g
+    details = {"statement": identity.statement, "exact_t1": identity.exact,
+               "first_step": identity.check.to_dict() if identity.check else None,
+               "relative_error_vs_minus_k_eta_g": relative_error(tau_K, gd_prediction),
+               "cos_tau_K_neg_g": cosine(tau_K, -g)}
+    if spec.name == "momentum":
+        from .optimizers import momentum_coefficient
+        details["momentum_c_k"] = [momentum_coefficient(spec.momentum, k) for k in range(1, K + 1)]
+    if identity.check is None:
+        return Verdict("optimizer", None, None, f"{identity.statement}; cos(tau_K, -g) = "
+                       f"{details['cos_tau_K_neg_g']:.4f}", details)
+    note = "" if B == 1 else f" (first step uses batch 0 of {B})"
+    return Verdict("optimizer", identity.check.holds, identity.check.max_ratio,
+                   f"{spec.name}: {identity.statement}{note}: max |r|/model = {identity.check.max_ratio:.3f}; "
+                   f"after {K} epochs ||tau - (-K B eta g)||/||K B eta g|| = "
+                   f"{details['relative_error_vs_minus_k_eta_g']:.3g}, cos(tau_K, -g) = {details['cos_tau_K_neg_g']:.4f}",
+                   details)
