@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .activations import ACTIVATIONS, get_activation
 from .curvature import hessian_spectral_norm
-from .data import digits, synthetic
+from .data import digits, split_by_label, synthetic
 from .io import versions, write_json_atomic
 from .losses import LOSSES
 from .models import make_mlp
@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> dict:
     p64 = problem.to(torch.float64)
     h0 = hessian_spectral_norm(p64.objective, p64.theta0) if smooth else None
     stage("T1, C1")
-    verdicts: list[Verdict] = [verify_t1(problem, args.lr), verify_c1(problem, args.lr, args.tasks)]
+    verdicts: list[Verdict] = [verify_t1(problem, args.lr),
+                               verify_c1(problem, args.lr, split_by_label(problem.data, args.tasks))]
     stage("T2")
     verdicts.append(verify_t2(problem, args.lr, args.epochs, hessian_norm=h0))
     stage("T3")

@@ -23,7 +23,7 @@ import torch
 
 from .bounds import aposteriori_error_bound, dominance_number, layer_norms, mlp_hessian_bound
 from .curvature import gradient, hessian_spectral_norm
-from .data import split_by_label
+from .data import Dataset
 from .expansion import batch_gradients, first_order_terms, second_order_terms
 from .fp import compare, exact_residual, gamma, step_residual_bound, unit_roundoff
 from .objective import Objective
@@ -88,15 +88,16 @@ def check_step(theta0: torch.Tensor, theta1: torch.Tensor, g: torch.Tensor, lr: 
     return check_t1(theta0, theta1, g, lr)
 
 
-def verify_c1(problem: Problem, lr: float, num_tasks: int) -> Verdict:
+def verify_c1(problem: Problem, lr: float, tasks: Sequence[Dataset]) -> Verdict:
     """C1: the sum of one-step task vectors is one multitask GD step, sum_t tau_t = -eta T grad L_MT.
 
-    Tasks are the label classes mod T. Floating-point model: each tau_t carries the T1 residual, and
-    the sum of T vectors adds at most gamma_{T-1} sum_t |tau_t| (any summation order).
+    Each task finetunes problem's model from theta_0 for one full-batch step on its own data.
+    Floating-point model: each tau_t carries the T1 residual, and the sum of T vectors adds at most
+    gamma_{T-1} sum_t |tau_t| (any summation order).
     """
-    theta0, dtype = problem.theta0, problem.theta0.dtype
+    theta0, dtype, num_tasks = problem.theta0, problem.theta0.dtype, len(tasks)
     taus, grads, objectives = [], [], []
-    for task in split_by_label(problem.data, num_tasks):
+    for task in tasks:
         f = Objective(problem.model, problem.loss, task.x, task.targets(problem.loss.name))
         traj = run_optimizer(f, theta0, OptimizerSpec("gd", lr).make, epochs=1, lr_for_messages=lr)
         taus.append(traj.task_vector(1))
@@ -183,22 +184,23 @@ def epoch_rows(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> list[
     return rows
 
 
-def remainder_norms(problem: Problem, etas: Sequence[float], epochs: int) -> list[float]:
-    """||R|| = ||tau - first-order - second-order|| after ``epochs`` epochs of (mini-batch) GD, for each eta.
+def remainder_points(problem: Problem, etas: Sequence[float], epochs: int) -> list[dict]:
+    """For each eta: ||R|| = ||tau - first-order - second-order|| after ``epochs`` epochs of (mini-batch) GD,
+    with the rounding allowance of that computation (see ``rounding_allowance``).
 
     The first- and second-order terms are computed once (at eta = 1) and scaled by eta and eta^2.
     """
-    theta0, B = problem.theta0, problem.num_batches
+    theta0, B, n = problem.theta0, problem.num_batches, len(problem.objective)
     gb = batch_gradients(problem.batch_objectives, theta0)
     schedule = [b for _ in range(epochs) for b in range(B)]
     first1 = first_order_terms(1.0, gb, schedule, B)[-1]
     second1 = second_order_terms(problem.batch_objectives, theta0, 1.0, gb, schedule, B)[-1]
-    batches = None if B == 1 else [torch.arange(i * (len(problem.objective) // B), (i + 1) * (len(problem.objective) // B))
-                                   for i in range(B)]
+    batches = None if B == 1 else [torch.arange(i * (n // B), (i + 1) * (n // B)) for i in range(B)]
     out = []
     for eta in etas:
         traj = gradient_descent(problem.objective, theta0, eta, epochs, batches)
-        out.append(_norm(traj.task_vector(epochs) - eta * first1 - eta ** 2 * second1))
+        remainder = _norm(traj.task_vector(epochs) - eta * first1 - eta ** 2 * second1)
+        out.append({"eta": eta, "remainder": remainder, "allowance": rounding_allowance(problem, traj, eta, epochs)})
     return out
 
 
@@ -207,13 +209,20 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.polyfit(np.log(np.asarray(x)), np.log(np.asarray(y)), 1)[0])
 
 
+# A remainder enters the slope fit only when it exceeds its rounding allowance this many times.
+RESOLVED_FACTOR = 100.0
+
+
 def remainder_slope(problem: Problem, eta_max: float, epochs: int, halvings: int = 5) -> dict:
-    """The fitted slope of log ||R|| against log eta over eta_max / 2^i, i = 0..halvings (expect 3)."""
-    etas = [eta_max / 2 ** i for i in range(halvings + 1)]
-    norms = remainder_norms(problem, etas, epochs)
-    usable = [(e, r) for e, r in zip(etas, norms) if r > 0]
+    """The fitted slope of log ||R|| against log eta over eta_max / 2^i, i = 0..halvings (expect 3).
+
+    Only remainders resolved above rounding (> RESOLVED_FACTOR x allowance) are fitted; with fewer
+    than 3 such points the slope is NaN and ``resolved`` says how many there were.
+    """
+    points = remainder_points(problem, [eta_max / 2 ** i for i in range(halvings + 1)], epochs)
+    usable = [(p["eta"], p["remainder"]) for p in points if p["remainder"] > RESOLVED_FACTOR * p["allowance"]]
     slope = loglog_slope(*zip(*usable)) if len(usable) >= 3 else float("nan")
-    return {"etas": etas, "remainder_norms": norms, "slope": slope}
+    return {"points": points, "resolved": len(usable), "slope": slope}
 
 
 def asymptotic_eta(hessian_norm: float, steps: int) -> float:

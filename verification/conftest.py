@@ -13,3 +13,9 @@ _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Healt
 settings.register_profile("ci", derandomize=True, print_blob=True, **_common)
 settings.register_profile("dev", **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# The checks run many tiny networks: intra-op threads only add contention (and oversubscribe a shared
+# 2-core machine badly), so each test process uses one.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -1,0 +1,34 @@
+# make run: set up and check T1-T4 on the default MLP; make test: set up and run every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup run test verify unit bench figures clean
+
+# torch is installed first and pinned exactly: this machine has the 2.13.0 CPU wheel on disk, while an
+# unpinned or ranged torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(BIN)/python -m tvtheory.bound --arch mlp
+
+test: setup
+	$(BIN)/python -m pytest tests verification
+
+unit: setup
+	$(BIN)/python -m pytest tests
+
+verify: setup
+	$(BIN)/python -m pytest verification
+
+bench: setup
+	$(BIN)/python benchmarks/bench_curvature.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

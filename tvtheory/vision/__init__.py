@@ -1,0 +1,1 @@
+"""Vision experiments: offline image datasets (:mod:`.datasets`) and a compact ViT (:mod:`.vit`)."""

@@ -1,0 +1,272 @@
+"""A compact Vision Transformer (ViT) in plain torch, safe for second derivatives on CPU.
+
+Architecture (pre-LN, as in Dosovitskiy et al. 2021 / timm's ``VisionTransformer``):
+
+    patches  : the image is cut into non-overlapping ``patch_size`` squares; each flattened patch
+               (C * p * p values, channel-major like a stride-p Conv2d kernel) goes through one Linear
+    tokens   : [CLS] + patches, plus a learned position embedding
+    block x depth:
+        x = x + Attention(LayerNorm(x))      multi-head self-attention written with matmul + softmax
+        x = x + MLP(LayerNorm(x))            Linear -> exact (erf) GELU -> Linear
+    final LayerNorm; ``encode(x)`` returns the CLS token (N x dim); ``forward`` adds the optional head.
+
+Attention is written by hand on purpose: ``F.scaled_dot_product_attention`` has no double-backward
+on CPU, and the theory checks need Hessian-vector products, both reverse-over-reverse and
+forward-over-reverse (``torch.func.jvp(torch.func.grad(f), ...)``). The model has no dropout, no
+stochastic depth and no buffers, so it is a pure function of its parameters and works with
+``torch.func.functional_call`` in float32 and float64.
+
+Default size (``ViTConfig()``): patch 4 (64 patches + CLS), dim 96, depth 4, heads 4, MLP 192.
+It was chosen by measured CPU throughput; see ``small_models/README.md`` for the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ViTConfig",
+    "ViT",
+    "encoder_state_dict",
+    "save_encoder",
+    "load_pretrained",
+    "count_parameters",
+    "DEFAULT_PRETRAINED",
+    "CONFIG_METADATA_KEY",
+]
+
+#: The shipped pretrained encoder (written by ``small_models/pretrain_vit.py``).
+DEFAULT_PRETRAINED = Path(__file__).resolve().parents[2] / "small_models" / "vit_cifar5.safetensors"
+
+#: Key of the JSON-encoded :class:`ViTConfig` in the safetensors metadata.
+CONFIG_METADATA_KEY = "vit_config"
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Hyper-parameters of :class:`ViT`.
+
+    ``num_classes = 0`` means no classification head: ``forward`` then returns the CLS feature.
+    """
+
+    image_size: int = 32
+    patch_size: int = 4
+    dim: int = 96
+    depth: int = 4
+    heads: int = 4
+    mlp_dim: int = 192
+    num_classes: int = 0
+    channels: int = 3
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}; "
+                "choose a patch size that divides the image size"
+            )
+        if self.dim % self.heads != 0:
+            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
+        for name in ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "channels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ViTConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ValueError(f"ViTConfig.num_classes must be >= 0, got {self.num_classes}")
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens (the CLS token excluded)."""
+        return (self.image_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they signal a version mismatch)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ViTConfig keys {sorted(unknown)}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with an explicit softmax(Q K^T / sqrt(d)) V (no fused kernels)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (n, heads, t, head_dim)
+        attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(n, t, d)
+        return self.proj(out)
+
+
+class MLP(nn.Module):
+    """Linear -> exact GELU -> Linear."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="none"))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, eps: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H/p * W/p, C*p*p), patches in row-major order, channel-major inside a patch.
+
+    Followed by a Linear this equals a Conv2d with kernel = stride = p (same weight layout after
+    ``weight.reshape(dim, -1)``), but uses only reshapes and a matmul.
+    """
+    n, c, h, w = x.shape
+    p = patch_size
+    x = x.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(n, (h // p) * (w // p), c * p * p)
+
+
+class ViT(nn.Module):
+    """Vision Transformer encoder with an optional linear head (see the module docstring)."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.patch_embed = nn.Linear(c.channels * c.patch_size**2, c.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, c.num_patches + 1, c.dim))
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_dim, c.layer_norm_eps) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim, eps=c.layer_norm_eps)
+        self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """timm-style init: truncated normal (std 0.02) for embeddings and Linear weights, zero biases.
+
+        Uses the global torch RNG: call ``torch.manual_seed`` first (or build the model under
+        ``torch.random.fork_rng``) for a reproducible init.
+        """
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W), already normalised, -> CLS features (N, dim)."""
+        c = self.config
+        if x.shape[1:] != (c.channels, c.image_size, c.image_size):
+            raise ValueError(
+                f"expected input of shape (N, {c.channels}, {c.image_size}, {c.image_size}), got {tuple(x.shape)}"
+            )
+        tokens = self.patch_embed(patchify(x, c.patch_size))
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        h = torch.cat([cls, tokens], dim=1) + self.pos_embed
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h)[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) when the model has a head, else the CLS features (N, dim)."""
+        z = self.encode(x)
+        return z if self.head is None else self.head(z)
+
+
+def encoder_state_dict(model: ViT) -> dict[str, torch.Tensor]:
+    """The model's parameters without the head (``head.*``), detached, contiguous float32 copies."""
+    return {
+        k: v.detach().to(torch.float32).contiguous().clone()
+        for k, v in model.state_dict().items()
+        if not k.startswith("head.")
+    }
+
+
+def save_encoder(model: ViT, path: str | Path) -> Path:
+    """Write the encoder weights (float32, no head) to a safetensors file, atomically.
+
+    The :class:`ViTConfig` (with ``num_classes = 0``) is stored as JSON under the metadata key
+    :data:`CONFIG_METADATA_KEY`, the only metadata key: safetensors writes several keys in a
+    random order, and one key keeps the file byte-identical for identical weights. Provenance
+    (seed, accuracy, ...) belongs in a JSON file beside the weights.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {CONFIG_METADATA_KEY: json.dumps(replace(model.config, num_classes=0).to_dict(), sort_keys=True)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(encoder_state_dict(model), str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_pretrained(path: str | Path | None = None) -> tuple[ViT, ViTConfig]:
+    """Load an encoder written by :func:`save_encoder` (default: the shipped ``vit_cifar5``).
+
+    Returns ``(encoder, config)``: a float32 :class:`ViT` without head (``config.num_classes == 0``)
+    in eval mode. To finetune on a C-class task, build ``ViT(dataclasses.replace(config,
+    num_classes=C))`` and ``load_state_dict(encoder.state_dict(), strict=False)``.
+    """
+    from safetensors import safe_open
+
+    path = Path(path) if path is not None else DEFAULT_PRETRAINED
+    if not path.is_file():
+        hint = (
+            "run `python small_models/pretrain_vit.py` to create it"
+            if path == DEFAULT_PRETRAINED
+            else "check the path"
+        )
+        raise FileNotFoundError(f"pretrained ViT weights not found at {path}: {hint}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if CONFIG_METADATA_KEY not in meta:
+            raise ValueError(
+                f"{path} has no '{CONFIG_METADATA_KEY}' metadata: not a file written by save_encoder"
+            )
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    config = replace(ViTConfig.from_dict(json.loads(meta[CONFIG_METADATA_KEY])), num_classes=0)
+    model = ViT(config)
+    model.load_state_dict(state, strict=True)
+    return model.eval(), config
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters."""
+    return sum(p.numel() for p in model.parameters())
+

@@ -1,0 +1,44 @@
+"""Hypothesis strategies: random finetuning problems (an MLP at theta_0, a loss, data, batches).
+
+Networks: depth 1-5, widths 1-64, activations tanh/sigmoid/softplus/GELU/SiLU, MSE or cross-entropy,
+float64 or float32, N examples with inputs drawn at several scales, all from one seed.
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from tvtheory.data import Dataset
+from tvtheory.models import make_mlp
+from tvtheory.problem import Problem, make_problem
+
+SMOOTH_ACTIVATIONS = ("tanh", "sigmoid", "softplus", "gelu", "silu")
+
+
+@st.composite
+def problems(draw, max_depth: int = 5, max_width: int = 64, max_examples: int = 16, max_batches: int = 1,
+             dtypes=(torch.float64,), max_params: int | None = None) -> Problem:
+    """A random problem; with max_batches > 1 the data is split into B equal batches, B drawn in 1..max."""
+    depth = draw(st.integers(1, max_depth))
+    widths = tuple(draw(st.integers(1, max_width)) for _ in range(depth + 1))
+    if max_params is not None:
+        from hypothesis import assume
+        assume(sum(a * b + b for a, b in zip(widths[:-1], widths[1:])) <= max_params)
+    activation = draw(st.sampled_from(SMOOTH_ACTIVATIONS))
+    loss = draw(st.sampled_from(("mse", "ce")))
+    batches = draw(st.integers(1, max_batches))
+    n = batches * draw(st.integers(1, max(1, max_examples // batches)))
+    seed = draw(st.integers(0, 2 ** 16))
+    scale = draw(st.sampled_from((0.1, 1.0, 3.0)))
+    dtype = draw(st.sampled_from(dtypes))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, widths[0], generator=g, dtype=torch.float64) * scale
+    y = torch.randint(0, widths[-1], (n,), generator=g)
+    model = make_mlp(widths, activation, seed=seed, dtype=dtype)
+    return make_problem(model, loss, Dataset("random", x.to(dtype), y, widths[-1]), batches, seed)
+
+
+def learning_rates(low_exp: int = -4, high_exp: int = 0):
+    """Learning rates spread over several decades, 10^low .. 10^high."""
+    return st.floats(float(low_exp), float(high_exp)).map(lambda e: 10.0 ** e)

@@ -1,0 +1,50 @@
+"""T1: one epoch of full-batch GD gives tau = -eta g exactly, up to the floating-point model.
+
+The residual r = fl(theta_1 - theta_0) + eta g is computed exactly (double-double) and compared,
+coordinate by coordinate, with u (1 + u) |theta_0| + gamma_4 |eta g| (tvtheory.fp, docs/theory.md T1),
+for the optimizer implementations users run: torch.optim.SGD, heavy-ball momentum (its first step is a
+plain SGD step), and the functional step theta - eta * g; in float64 and float32.
+"""
+
+import torch
+from hypothesis import given, settings, strategies as st
+
+from tvtheory.curvature import gradient
+from tvtheory.fp import check_t1, unit_roundoff
+from tvtheory.optimizers import OptimizerSpec
+from tvtheory.trajectory import run_optimizer
+
+from strategies import learning_rates, problems
+
+
+@settings(max_examples=250)
+@given(problem=problems(dtypes=(torch.float64, torch.float32)), lr=learning_rates(-4, 1),
+       optimizer=st.sampled_from(("gd", "momentum")))
+def test_t1_torch_optimizer_step(problem, lr, optimizer):
+    spec = OptimizerSpec(optimizer, lr)
+    traj = run_optimizer(problem.objective, problem.theta0, spec.make, epochs=1)
+    check = check_t1(traj.theta0, traj.thetas[1], traj.grads[0], lr)
+    assert check.holds, f"T1 residual exceeds the model: max |r|/bound = {check.max_ratio}"
+
+
+@settings(max_examples=200)
+@given(problem=problems(dtypes=(torch.float64, torch.float32)), lr=learning_rates(-4, 1))
+def test_t1_functional_step(problem, lr):
+    theta0 = problem.theta0
+    g = gradient(problem.objective, theta0)
+    check = check_t1(theta0, theta0 - lr * g, g, lr)
+    assert check.holds, f"T1 residual exceeds the model: max |r|/bound = {check.max_ratio}"
+
+
+@settings(max_examples=50)
+@given(problem=problems(dtypes=(torch.float64, torch.float32)), lr=learning_rates(-2, 0))
+def test_t1_model_is_sharp(problem, lr):
+    """The model is not vacuous: a step with the learning rate off by 64 units of roundoff breaks it
+    wherever the update is large against theta_0 (so T1 checks really detect a wrong update)."""
+    theta0 = problem.theta0
+    g = gradient(problem.objective, theta0)
+    wrong = lr * (1 + 64 * unit_roundoff(theta0.dtype))
+    step = theta0 - wrong * g
+    big = (lr * g).abs() > 8 * theta0.abs()          # coordinates where the update path dominates
+    check = check_t1(theta0[big], step[big], g[big], lr)
+    assert not big.any() or not check.holds
