@@ -27,7 +27,7 @@ from .data import Dataset
 from .expansion import batch_gradients, first_order_terms, second_order_terms
 from .fp import compare, exact_residual, gamma, step_residual_bound, unit_roundoff
 from .objective import Objective
-from .optimizers import OptimizerSpec, first_order_prediction, first_step_identity
+from .optimizers import OptimizerSpec, first_order_prediction, first_step_identity, momentum_coefficient
 from .problem import Problem
 from .task_vectors import cosine, relative_error
 from .trajectory import Trajectory, gradient_descent, run_optimizer
@@ -120,6 +120,7 @@ def verify_c1(problem: Problem, lr: float, tasks: Sequence[Dataset]) -> Verdict:
 
 def step_hessian_bounds(problem: Problem, traj: Trajectory) -> list[float]:
     """M_s: the T4 bound for the batch loss of step s on the segment [theta_0, theta_s]."""
+    _check_batches(problem, traj)
     config = problem.model.config
     norms0 = layer_norms(config, traj.theta0)
     out = []
@@ -128,6 +129,12 @@ def step_hessian_bounds(problem: Problem, traj: Trajectory) -> list[float]:
         norms = norms0.max(layer_norms(config, traj.thetas[s]))
         out.append(mlp_hessian_bound(config, problem.loss, f.x, f.target, norms).mean)
     return out
+
+
+def _check_batches(problem: Problem, traj: Trajectory) -> None:
+    if traj.steps_per_epoch != problem.num_batches:
+        raise ValueError(f"the trajectory takes {traj.steps_per_epoch} steps per epoch but the problem has "
+                         f"{problem.num_batches} batches; use problem.with_batches({traj.steps_per_epoch})")
 
 
 def rounding_allowance(problem: Problem, traj: Trajectory, lr: float, k: int) -> float:
@@ -151,6 +158,7 @@ def rounding_allowance(problem: Problem, traj: Trajectory, lr: float, k: int) ->
 
 def epoch_rows(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> list[dict]:
     """Per-epoch quantities of a run: ||tau_k||, the first-order term, E_k, the second-order term, the bound."""
+    _check_batches(problem, traj)
     theta0, lr, B = traj.theta0, spec.lr, traj.steps_per_epoch
     g = gradient(problem.objective, theta0)
     gb = batch_gradients(problem.batch_objectives, theta0)
@@ -238,7 +246,7 @@ def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | No
         return refused
     from .symbolic import prove_quadratic_series
 
-    p64 = problem.to(torch.float64)
+    p64 = problem.to(torch.float64).with_batches(1)
     traj = gradient_descent(p64.objective, p64.theta0, lr, epochs)
     rows = epoch_rows(p64, OptimizerSpec("gd", lr), traj)
     checked = [r for r in rows if r["k"] >= 2]   # E_1 = 0 exactly: that is T1
@@ -317,8 +325,10 @@ def verify_optimizer(problem: Problem, spec: OptimizerSpec, traj: Trajectory) ->
                "first_step": identity.check.to_dict() if identity.check else None,
                "relative_error_vs_minus_k_eta_g": relative_error(tau_K, gd_prediction),
                "cos_tau_K_neg_g": cosine(tau_K, -g)}
+    own = first_order_prediction(spec, traj.theta0, batch_gradients(problem.batch_objectives, traj.theta0),
+                                 traj.schedule)
+    details["relative_error_vs_first_order"] = None if own is None else relative_error(tau_K, own)
     if spec.name == "momentum":
-        from .optimizers import momentum_coefficient
         details["momentum_c_k"] = [momentum_coefficient(spec.momentum, k) for k in range(1, K + 1)]
     if identity.check is None:
         return Verdict("optimizer", None, None, f"{identity.statement}; cos(tau_K, -g) = "
@@ -327,5 +337,8 @@ def verify_optimizer(problem: Problem, spec: OptimizerSpec, traj: Trajectory) ->
     return Verdict("optimizer", identity.check.holds, identity.check.max_ratio,
                    f"{spec.name}: {identity.statement}{note}: max |r|/model = {identity.check.max_ratio:.3f}; "
                    f"after {K} epochs ||tau - (-K B eta g)||/||K B eta g|| = "
-                   f"{details['relative_error_vs_minus_k_eta_g']:.3g}, cos(tau_K, -g) = {details['cos_tau_K_neg_g']:.4f}",
+                   f"{details['relative_error_vs_minus_k_eta_g']:.3g}"
+                   + ("" if spec.name in ("gd", "sgd") and not spec.weight_decay or own is None else
+                      f", vs its own first-order prediction {details['relative_error_vs_first_order']:.3g}")
+                   + f", cos(tau_K, -g) = {details['cos_tau_K_neg_g']:.4f}",
                    details)
