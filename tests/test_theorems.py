@@ -1,0 +1,176 @@
+"""Unit tests of tvtheory.theorems: verdicts of T1, C1, T4 and the optimizer check, the per-epoch rows,
+and the refusal of T2-T4 for ReLU. (T2 and T3 end to end are exercised by test_cli.py.)"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tvtheory.theorems as theorems
+from tvtheory.data import split_by_label
+from tvtheory.optimizers import OptimizerSpec
+from tvtheory.theorems import (
+    Verdict,
+    asymptotic_eta,
+    epoch_rows,
+    loglog_slope,
+    verify_c1,
+    verify_optimizer,
+    verify_t1,
+    verify_t2,
+    verify_t3,
+    verify_t4,
+)
+from tvtheory.trajectory import gradient_descent, run_optimizer
+
+ROW_KEYS = {"k", "tau_norm", "first_order_norm", "error_norm", "second_order_norm", "second_order_residual_norm",
+            "bound", "bound_ratio", "cos_tau_neg_g", "dominance"}
+
+
+def test_verdict_to_dict_and_label():
+    v = Verdict("T9", True, 0.5, "msg", {"extra": 1})
+    assert v.to_dict() == {"holds": True, "applicable": True, "margin": 0.5, "message": "msg", "extra": 1}
+    assert v.label == "holds"
+    assert Verdict("T9", False, 2.0, "m").label == "FAILS"
+    na = Verdict("T9", None, None, "m")
+    assert na.label == "n/a" and na.to_dict()["applicable"] is False and na.to_dict()["holds"] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_verify_t1_holds(make_small_problem, dtype, activation):
+    p = make_small_problem(activation=activation, dtype=dtype)
+    v = verify_t1(p, 0.1)
+    assert v.theorem == "T1" and v.holds is True
+    assert 0 <= v.margin <= 1
+    assert v.details["torch_sgd"]["holds"] and v.details["functional"]["holds"]
+    assert v.margin == max(v.details["torch_sgd"]["max_ratio"], v.details["functional"]["max_ratio"])
+    assert str(dtype) in v.message and "P = 51" in v.message
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_verify_c1_holds(make_small_problem, T):
+    p = make_small_problem(n=60)
+    v = verify_c1(p, 0.1, split_by_label(p.data, T))
+    assert v.theorem == "C1" and v.holds is True and v.margin <= 1
+    assert v.details["num_tasks"] == T
+    # alpha = 1/T merge vs one multitask GD step: equal up to rounding (a relative gap of a few u)
+    assert v.details["alpha_1_over_T_relative_gap"] <= 1e3 * 2.0 ** -53
+
+
+def test_verify_c1_fails_for_a_wrong_learning_rate_claim(small_problem, monkeypatch):
+    """The C1 check is sharp: measuring the residual against lr * (1 + 1e-9) instead of lr makes it fail."""
+    p = small_problem
+    tasks = split_by_label(p.data, 2)
+    assert verify_c1(p, 0.1, tasks).holds
+    real = theorems.exact_residual
+    monkeypatch.setattr(theorems, "exact_residual", lambda tau, grads, lr: real(tau, grads, lr * (1 + 1e-9)))
+    assert verify_c1(p, 0.1, tasks).holds is False
+
+
+def test_verify_t4_holds_and_reports_tightness(small_problem):
+    p = small_problem
+    traj = gradient_descent(p.objective, p.theta0, 0.5, 3)
+    v = verify_t4(p, [traj.theta0, traj.thetas[-1]])
+    assert v.theorem == "T4" and v.holds is True
+    assert len(v.details["points"]) == 2
+    for point in v.details["points"]:
+        assert point["bound"] >= point["hessian_norm"] > 0
+        assert point["tightness"] == point["bound"] / point["hessian_norm"]
+    assert v.margin == min(pt["tightness"] for pt in v.details["points"]) >= 1
+    # a Hessian norm passed in is used as is (a larger one than the bound makes it fail)
+    fake = verify_t4(p, [traj.theta0], [1e9])
+    assert fake.holds is False and fake.details["points"][0]["hessian_norm"] == 1e9
+
+
+@pytest.mark.parametrize("check", ["T2", "T3", "T4"])
+def test_curvature_statements_are_not_applicable_for_relu(make_small_problem, check):
+    p = make_small_problem(activation="relu")
+    if check == "T2":
+        v = verify_t2(p, 0.1, 2)
+    elif check == "T3":
+        v = verify_t3(p, 0.1, 4)
+    else:
+        v = verify_t4(p, [p.theta0])
+    assert v.theorem == check and v.holds is None and v.margin is None and v.label == "n/a"
+    assert "relu is not C^2" in v.message and "T1 still holds" in v.message
+
+
+def test_verify_t2_and_t3_hold_on_a_small_problem(small_problem):
+    t2 = verify_t2(small_problem, 0.1, 3)
+    assert t2.theorem == "T2" and t2.holds is True and t2.margin >= 1
+    assert t2.details["bound_holds"] and t2.details["slope"]["slope"] > 2.7
+    t3 = verify_t3(small_problem, 0.1, 4)
+    assert t3.theorem == "T3" and t3.holds is True and t3.details["num_batches"] == 4
+    assert t3.details["epoch"]["error_norm"] <= t3.details["epoch"]["bound"]
+
+
+def test_verify_t2_is_full_batch_whatever_the_problems_batches(make_small_problem):
+    """T2 is about full-batch GD: a problem split into 4 batches must give the same verdict as B = 1
+    (regression: the rows once used batch 0's gradient and Hessian bound as if they were the full ones)."""
+    one, four = make_small_problem(batches=1), make_small_problem(batches=4)
+    a, b = verify_t2(one, 0.1, 2), verify_t2(four, 0.1, 2)
+    assert a.holds is True and b.holds is True
+    assert a.margin == b.margin
+
+
+def test_epoch_rows_refuses_a_trajectory_with_other_batches(make_small_problem):
+    p = make_small_problem(batches=4)
+    traj = gradient_descent(p.objective, p.theta0, 0.1, 2)            # one step per epoch
+    with pytest.raises(ValueError, match="steps per epoch"):
+        epoch_rows(p, OptimizerSpec("gd", 0.1), traj)
+
+
+@pytest.mark.parametrize("name", ["gd", "momentum", "adam"])
+def test_epoch_rows_keys_and_values(small_problem, name):
+    p = small_problem
+    spec = OptimizerSpec(name, 0.05 if name != "adam" else 1e-3)
+    traj = run_optimizer(p.objective, p.theta0, spec.make, 3, lr_for_messages=spec.lr)
+    rows = epoch_rows(p, spec, traj)
+    assert [r["k"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert ROW_KEYS <= set(r)
+        assert r["tau_norm"] == float(torch.linalg.vector_norm(traj.task_vector(r["k"]).double()))
+        assert -1 <= r["cos_tau_neg_g"] <= 1 + 1e-15
+    if name == "gd":
+        assert {"rounding_allowance"} <= set(rows[0])
+        assert rows[0]["bound"] == 0.0 and rows[0]["bound_ratio"] is None      # E_1 = 0 exactly: T1
+        assert rows[0]["second_order_norm"] == 0.0
+        for r in rows[1:]:
+            assert r["error_norm"] <= r["bound"] + r["rounding_allowance"]
+            assert r["second_order_residual_norm"] < r["error_norm"]          # the second-order term explains E_k
+            assert r["dominance"] > 0
+    else:
+        assert all(r["bound"] is None and r["second_order_norm"] is None and r["dominance"] is None for r in rows)
+
+
+def test_epoch_rows_for_relu_have_no_curvature_columns(make_small_problem):
+    p = make_small_problem(activation="relu")
+    spec = OptimizerSpec("gd", 0.1)
+    rows = epoch_rows(p, spec, gradient_descent(p.objective, p.theta0, 0.1, 2))
+    assert all(r["bound"] is None and r["second_order_residual_norm"] is None for r in rows)
+    assert rows[0]["error_norm"] < 1e-12 * rows[0]["tau_norm"]
+
+
+@pytest.mark.parametrize("name, exact", [("gd", True), ("momentum", True), ("adam", False)])
+def test_verify_optimizer(small_problem, name, exact):
+    p = small_problem
+    spec = OptimizerSpec(name, 0.05 if name != "adam" else 1e-3)
+    traj = run_optimizer(p.objective, p.theta0, spec.make, 2, lr_for_messages=spec.lr)
+    v = verify_optimizer(p, spec, traj)
+    assert v.theorem == "optimizer" and v.holds is True
+    assert v.details["exact_t1"] is exact
+    assert -1 <= v.details["cos_tau_K_neg_g"] <= 1 + 1e-15
+    if name == "momentum":
+        assert v.details["momentum_c_k"] == [1.0, 1.0 + 1.9]
+    if name == "adam":
+        assert "direction changed" in v.message
+
+
+def test_loglog_slope_and_asymptotic_eta():
+    x = [1.0, 0.5, 0.25, 0.125]
+    assert loglog_slope(x, [3 * t ** 3 for t in x]) == pytest.approx(3.0, abs=1e-12)
+    assert asymptotic_eta(2.0, 5) == pytest.approx(0.01, rel=2 * 2.0 ** -53, abs=0)
+    assert math.isfinite(asymptotic_eta(0.0, 5))
