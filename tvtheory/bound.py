@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
     n, B = len(problem.objective), problem.num_batches
     batches = None if B == 1 else [torch.arange(i * (n // B), (i + 1) * (n // B)) for i in range(B)]
     smooth = model.act.is_c2
-    stages = tqdm(total=7, desc="tvtheory.bound", disable=args.no_progress, leave=False)
+    stages = tqdm(total=8, desc="tvtheory.bound", disable=args.no_progress, leave=False)
 
     def stage(name):
         stages.set_postfix_str(name)
@@ -119,17 +119,24 @@ def run(args: argparse.Namespace) -> dict:
     stage("Hessian norm")
     p64 = problem.to(torch.float64)
     h0 = hessian_spectral_norm(p64.objective, p64.theta0) if smooth else None
-    stage("T1, C1")
-    verdicts: list[Verdict] = [verify_t1(problem, args.lr),
-                               verify_c1(problem, args.lr, split_by_label(problem.data, args.tasks))]
-    stage("T2")
-    verdicts.append(verify_t2(problem, args.lr, args.epochs, hessian_norm=h0))
-    stage("T3")
-    verdicts.append(verify_t3(problem, args.lr, B if B > 1 else 4, hessian_norm=h0 if B == 1 else None))
-    stage("T4")
-    verdicts.append(verify_t4(problem, [traj.theta0, traj.thetas[-1]], [h0, None]))
-    stage("optimizer")
-    verdicts.append(verify_optimizer(problem, spec, traj))
+    B3 = B if B > 1 else 4
+    checks = [
+        ("T1", "one full-batch GD step", lambda: verify_t1(problem, args.lr)),
+        ("C1", f"one GD step on each of {args.tasks} tasks",
+         lambda: verify_c1(problem, args.lr, split_by_label(problem.data, args.tasks))),
+        ("T2", f"{args.epochs} epochs of full-batch GD", lambda: verify_t2(problem, args.lr, args.epochs, h0)),
+        ("T3", f"one epoch of SGD with {B3} batches",
+         lambda: verify_t3(problem, args.lr, B3, hessian_norm=h0 if B == 1 else None)),
+        ("T4", "the curvature bound", lambda: verify_t4(problem, [traj.theta0, traj.thetas[-1]], [h0, None])),
+        ("optimizer", f"the {args.optimizer} run", lambda: verify_optimizer(problem, spec, traj)),
+    ]
+    verdicts: list[Verdict] = []
+    for name, what, check in checks:
+        stage(name)
+        try:
+            verdicts.append(check())
+        except (ValueError, DivergenceError) as err:
+            raise type(err)(f"{name} check ({what}): {err}") from err
     stages.close()
     config = {k: v for k, v in vars(args).items() if k not in ("json", "no_progress")}
     return {

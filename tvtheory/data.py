@@ -62,8 +62,14 @@ def split_by_label(data: Dataset, num_tasks: int) -> list[Dataset]:
     """T disjoint tasks: task t holds the examples whose label is congruent to t mod T."""
     if not 1 <= num_tasks <= data.num_classes:
         raise ValueError(f"num_tasks must be in 1..{data.num_classes} (one class per task at least), got {num_tasks}")
-    return [data.subset(torch.nonzero(data.y % num_tasks == t).squeeze(1), f"{data.name}[y%{num_tasks}=={t}]")
-            for t in range(num_tasks)]
+    tasks = []
+    for t in range(num_tasks):
+        index = torch.nonzero(data.y % num_tasks == t).squeeze(1)
+        if index.numel() == 0:
+            raise ValueError(f"task {t} (labels congruent to {t} mod {num_tasks}) has no examples in "
+                             f"{data.name!r}; use fewer tasks (--tasks) or more data")
+        tasks.append(data.subset(index, f"{data.name}[y%{num_tasks}=={t}]"))
+    return tasks
 
 
 def partition(n: int, num_batches: int, seed: int = 0) -> list[torch.Tensor]:

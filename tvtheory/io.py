@@ -40,6 +40,7 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)   # mkstemp creates 0600; result files are meant to be shared
         with os.fdopen(fd, "w") as f:
             json.dump(_jsonable(payload), f, indent=2, sort_keys=False, allow_nan=False)
             f.write("\n")

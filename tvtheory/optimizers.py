@@ -14,6 +14,7 @@ Over k steps, to first order in eta (gradients frozen at theta_0):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -38,10 +39,10 @@ class OptimizerSpec:
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
-        if not (self.lr > 0 and self.lr < float("inf")):
+        if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"the learning rate must be positive and finite, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
         if self.name == "momentum" and not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 

@@ -106,6 +106,7 @@ def gradient_descent(
         traj.schedule.append(b)
         traj.grads.append(g.detach())
         traj.thetas.append(theta.detach())
+    _check_final(objective, traj, lr)
     return traj
 
 
@@ -142,7 +143,15 @@ def run_optimizer(
         _check_params(theta, s, traj.steps_per_epoch, lr_for_messages)
         traj.schedule.append(b)
         traj.thetas.append(theta)
+    _check_final(objective, traj, lr_for_messages)
     return traj
+
+
+def _check_final(objective: Objective, traj: Trajectory, lr: float) -> None:
+    """The loss after the last step (never seen by the loop) must not have exploded either."""
+    with torch.no_grad():
+        final = objective(traj.thetas[-1])
+    _check_step(final, traj.losses[0], traj.num_steps - 1, traj.steps_per_epoch, lr)
 
 
 def _check_lr(lr: float) -> None:

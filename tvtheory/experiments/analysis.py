@@ -1,0 +1,149 @@
+"""E1/E2 statistics and the T2/T3 expansion terms of a finished finetuning run.
+
+Reuses the library: ``task_vectors.cosine`` / ``per_layer_cosines`` (E2), ``expansion.first_order_terms``
+(the first-order term -eta sum_s g_{b_s}), ``curvature.gradient`` / ``hvp`` (one chunk at a time).
+
+What the library lacks, added here: batch gradients and Hessian-vector products of a batch whose loss does
+not fit in one forward-over-reverse pass. A batch loss L_b = (1/n_b) sum_i l_i is the weighted sum
+sum_c (n_c/n_b) L_c over chunks c (and over ranks), so
+    grad L_b = sum_c (n_c/n_b) grad L_c,     H_b v = sum_c (n_c/n_b) H_c v,
+each term by ``tvtheory.curvature`` on a chunk ``Objective``, summed, then all-reduced.
+
+Second-order term (T2(a), T3) for the epoch-periodic schedule of ``finetune`` (batches 0..B-1 in the same
+order every epoch), in closed form: with S = sum_c g_c and P_b = sum_{c<b} g_c (g_c = grad L_c(theta_0)),
+the prefix before step (k, b) is k S + P_b, so after K epochs
+    eta^2 sum_{k<K} sum_b H_b (k S + P_b) = eta^2 (C(K,2) A + K C),   A = sum_b H_b S,  C = sum_b H_b P_b:
+2B batch HVPs for all K (GD: B = 1, P_0 = 0, the term is eta^2 C(K,2) H g). This equals
+``tvtheory.expansion.second_order_terms`` on the same schedule (checked in the tests), which needs each
+batch loss in memory at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..curvature import gradient, hvp
+from ..expansion import first_order_terms
+from ..losses import get_loss
+from ..objective import Objective
+from ..params import ParamLayout
+from ..task_vectors import cosine, per_layer_cosines
+from ..trajectory import epoch_schedule
+from .dist import DistContext, shard
+
+T4_NOTE = ("T4 (explicit Hessian bound) does not apply: it covers feed-forward networks h_l = sigma(W_l h_{l-1} + "
+           "b_l); the ViT has softmax attention (products of parameter-dependent matrices, no bound of that "
+           "form) and LayerNorm. So no rigorous M_j and no T2(c)/T3 a-posteriori bound or dominance number "
+           "eta*M*k is given; E_k and the second-order term are measured (by Hessian-vector products).")
+
+
+class ChunkedBatchLoss:
+    """L_b(theta) = mean CE over ``index`` as a weighted sum of chunk objectives (this rank's shard)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, ctx: DistContext,
+                 chunk_size: int, prepare: Callable | None = None):
+        self.ctx, self.n = ctx, index.numel()
+        p = next(model.parameters())
+        loss = get_loss("ce")
+        self.chunks: list[tuple[float, Objective]] = []
+        for part in torch.split(shard(index, ctx), chunk_size):
+            xb = x[part] if prepare is None else prepare(x[part])
+            self.chunks.append((part.numel() / self.n,
+                                Objective(model, loss, xb.to(device=p.device, dtype=p.dtype), y[part].to(p.device))))
+
+    def _sum(self, fn: Callable[[Objective], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros_like(like)
+        for w, f in self.chunks:
+            total = total + w * fn(f)
+        return self.ctx.all_reduce_sum_(total)
+
+    def grad(self, theta: torch.Tensor) -> torch.Tensor:
+        return self._sum(lambda f: gradient(f, theta), theta)
+
+    def hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._sum(lambda f: hvp(f, theta, v), theta)
+
+
+def second_order_periodic(batches: Sequence[ChunkedBatchLoss], theta0: torch.Tensor, lr: float,
+                          batch_grads: Sequence[torch.Tensor], epochs: int) -> list[torch.Tensor]:
+    """eta^2 (C(k,2) A + k C) for k = 1..epochs (module docstring): the second-order term after each epoch."""
+    total = torch.zeros_like(theta0)
+    for g in batch_grads:
+        total = total + g
+    a = torch.zeros_like(theta0)
+    c = torch.zeros_like(theta0)
+    prefix = torch.zeros_like(theta0)
+    for b, batch in enumerate(batches):
+        if epochs >= 2:
+            a = a + batch.hvp(theta0, total)
+        if b > 0:
+            c = c + batch.hvp(theta0, prefix)
+        prefix = prefix + batch_grads[b]
+    return [lr ** 2 * (math.comb(k, 2) * a + k * c) for k in range(1, epochs + 1)]
+
+
+def _norm(v: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(v.detach().double()))
+
+
+def direction_stats(taus: Sequence[torch.Tensor], g0: torch.Tensor, layout: ParamLayout) -> dict:
+    """E2: cos(tau^(1), tau^(K)), cos(-g, tau^(K)), cos(update_k, tau^(K)) globally and per layer."""
+    tau_k = taus[-1]
+    updates = [taus[0]] + [taus[i] - taus[i - 1] for i in range(1, len(taus))]
+    return {
+        "cos_tau1_tauK": cosine(taus[0], tau_k),
+        "cos_neg_g_tauK": cosine(-g0, tau_k),
+        "cos_update_k_tauK": [cosine(u, tau_k) for u in updates],
+        "cos_tau_k_neg_g": [cosine(t, -g0) for t in taus],
+        "per_layer": {
+            "cos_tau1_tauK": dict(per_layer_cosines(taus[0], tau_k, layout)),
+            "cos_neg_g_tauK": dict(per_layer_cosines(-g0, tau_k, layout)),
+            "cos_update_k_tauK": [dict(per_layer_cosines(u, tau_k, layout)) for u in updates],
+        },
+    }
+
+
+def norm_stats(records: Sequence[dict]) -> dict:
+    """E1: each epoch's gradient norm divided by the sum over epochs; is epoch 0 the largest?"""
+    out = {}
+    for key in ("full_grad_norm_start", "minibatch_grad_norm_mean"):
+        vals = [r[key] for r in records]
+        s = sum(vals)
+        normed = [v / s for v in vals] if s > 0 else [math.nan] * len(vals)
+        out[key] = {"normalised": normed, "epoch0_largest": bool(normed and normed[0] == max(normed))}
+    return out
+
+
+def expansion_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequence[torch.Tensor],
+                    theta0: torch.Tensor, taus: Sequence[torch.Tensor], optimizer: str, lr: float,
+                    ctx: DistContext, chunk_size: int, prepare: Callable | None = None,
+                    second_order: bool = True) -> dict:
+    """||E_k|| = ||tau^(k) - first order|| and ||E_k - second order|| per epoch (T2 for gd, T3 for sgd).
+
+    For AdamW no first-order identity in g holds (T3): the distance to the GD prediction -eta k sum_b g_b is
+    reported under the same key, flagged, and the second-order term is not computed.
+    """
+    K = len(taus)
+    losses = [ChunkedBatchLoss(model, x, y, b, ctx, chunk_size, prepare) for b in batches]
+    grads = [f.grad(theta0) for f in losses]
+    schedule = epoch_schedule(len(batches), K)
+    first = first_order_terms(lr, grads, schedule, len(batches))
+    rows = [{"k": k + 1, "tau_norm": _norm(taus[k]), "first_order_norm": _norm(first[k]),
+             "error_norm": _norm(taus[k] - first[k]), "relative_error": _norm(taus[k] - first[k]) / _norm(first[k]),
+             "cos_tau_first_order": cosine(taus[k], first[k])} for k in range(K)]
+    applies = optimizer in ("gd", "sgd")
+    if applies and second_order:
+        second = second_order_periodic(losses, theta0, lr, grads, K)
+        for k in range(K):
+            rows[k]["second_order_norm"] = _norm(second[k])
+            rows[k]["second_order_residual_norm"] = _norm(taus[k] - first[k] - second[k])
+    statement = {"gd": "T2: tau^(k) = -k eta g + E_k, E_k = eta^2 C(k,2) H g + O(eta^3)",
+                 "sgd": "T3: tau = -eta sum_s g_{b_s} + E, E = eta^2 sum_s H_{b_s} sum_{s'<s} g_{b_s'} + O(eta^3)",
+                 "adamw": "none: AdamW changes the direction (first step ~ -eta sign(g)); error_norm is the "
+                          "distance to the GD prediction -eta sum_s g_{b_s}, not an expansion error"}[optimizer]
+    return {"statement": statement, "first_order_identity_applies": applies,
+            "second_order_computed": applies and second_order, "epochs": rows, "T4": T4_NOTE}

@@ -1,0 +1,248 @@
+"""The per-epoch finetuning loop that records E1 and the task vectors, resumable after interruption.
+
+Three optimizers, all ``torch.optim`` (what practitioners run), on the encoder only (the head is frozen):
+- ``gd``:    torch.optim.SGD, one step per epoch on the whole training set (T1, T2);
+- ``sgd``:   torch.optim.SGD, B = ceil(N / batch_size) equal batches of a seeded partition, visited in the
+             same order every epoch (T3, and the schedule of ``tvtheory.trajectory.epoch_schedule``);
+- ``adamw``: torch.optim.AdamW on the same batches.
+Gradients are exact batch gradients: accumulated over memory-sized chunks and, under torch.distributed,
+summed over ranks with one all-reduce (``tvtheory.experiments.dist``).
+
+Why not ``tvtheory.trajectory.run_optimizer``: it runs all epochs in one call, keeps every iterate and
+gradient in memory, builds the whole batch in one forward pass and has no data parallelism, so it can
+neither checkpoint per epoch (AdamW's moments must survive an interruption) nor run the ViT on 4,000
+images. This loop performs the same arithmetic (``tests/test_experiments_finetune.py`` checks that its
+iterates equal ``run_optimizer``'s bit for bit on one process with one chunk) and stores only theta_k
+per epoch.
+
+Per epoch k = 1..K it records: the full-batch gradient norm ||grad L(theta_{k-1})|| at the epoch start,
+the mean (and max) mini-batch gradient norm over the epoch, the mean batch loss, ||tau^(k)||, ||update_k||.
+Files in ``run_dir``: ``tau_epoch{k:03d}.safetensors`` (named encoder tensors), ``grad_theta0.safetensors``,
+``checkpoint.pt`` (theta_k, optimizer state, records; written atomically after every epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..fp import check_t1
+from ..params import ParamLayout, flat_grads, flat_params, load_flat_
+from ..task_vectors import task_vector
+from ..trajectory import DivergenceError, DIVERGENCE_FACTOR
+from .dist import DistContext, shard
+from .probe import ce_sum
+
+OPTIMIZERS = ("gd", "sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    optimizer: str
+    lr: float
+    epochs: int
+    batch_size: int = 128                   # ignored for gd (one full batch)
+    weight_decay: float = 0.0               # adamw only (SGD runs have none: T1 needs none)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    seed: int = 0                           # batch partition
+    chunk_size: int = 256                   # examples per forward/backward pass (memory only)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"the learning rate must be positive and finite, got {self.lr}")
+        if self.epochs < 1 or self.batch_size < 1 or self.chunk_size < 1:
+            raise ValueError("epochs, batch_size and chunk_size must be >= 1")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def make_batches(n: int, cfg: FinetuneConfig) -> list[torch.Tensor]:
+    """The fixed partition of range(n): one batch for gd, else ceil(n / batch_size) near-equal seeded batches."""
+    if n < 1:
+        raise ValueError("no training examples")
+    if cfg.optimizer == "gd" or cfg.batch_size >= n:
+        return [torch.arange(n)]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    return [b.sort().values for b in torch.tensor_split(perm, math.ceil(n / cfg.batch_size))]
+
+
+def make_optimizer(cfg: FinetuneConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer in ("gd", "sgd"):
+        return torch.optim.SGD(params, lr=cfg.lr, foreach=False)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             foreach=False)
+
+
+def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, ctx: DistContext,
+                   chunk_size: int, prepare: Callable | None = None) -> tuple[torch.Tensor, float]:
+    """(grad, loss) of the mean CE over the examples ``index`` at the model's current parameters.
+
+    This rank takes its shard of ``index``; each chunk contributes grad(sum_i l_i) / n (n = len(index), the
+    global batch size), accumulated in ``.grad``; the flat gradient is then all-reduced (summed over ranks).
+    Leaves the summed gradient in the parameters' ``.grad``.
+    """
+    n = index.numel()
+    mine = shard(index, ctx)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for part in torch.split(mine, chunk_size):
+        xb = x[part] if prepare is None else prepare(x[part])
+        p0 = params[0]
+        out = model(xb.to(device=p0.device, dtype=p0.dtype))
+        loss = ce_sum(out, y[part].to(p0.device)) / n
+        loss.backward()
+        loss_sum += float(loss.detach())
+    g = flat_grads(model)
+    ctx.all_reduce_sum_(g)
+    stats = ctx.all_reduce_sum_(loss_sum.to(g.device).reshape(1)).cpu()
+    with torch.no_grad():
+        for p, gp in zip(params, ParamLayout.of(model).unflatten(g).values()):
+            p.grad.copy_(gp)
+    return g, float(stats[0])
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_vector(path: Path, v: torch.Tensor, layout: ParamLayout) -> None:
+    """Write a flat vector as named tensors (safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: t.detach().cpu().contiguous().clone() for k, t in layout.unflatten(v).items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_vector(path: Path, layout: ParamLayout) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return layout.flatten(load_file(str(path)))
+
+
+def tau_path(run_dir: Path, k: int) -> Path:
+    return Path(run_dir) / f"tau_epoch{k:03d}.safetensors"
+
+
+@dataclass
+class FinetuneResult:
+    config: dict
+    records: list[dict]
+    num_batches: int
+    num_examples: int
+    resumed_from_epoch: int
+    t1_check: dict | None = None
+    wall_time_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneConfig, run_dir: str | Path,
+             ctx: DistContext | None = None, prepare: Callable | None = None, progress: bool = True,
+             stop_after: int | None = None) -> FinetuneResult:
+    """Finetune ``model`` (a module whose parameters are the encoder) on (x, y) for cfg.epochs epochs.
+
+    Every rank holds all of (x, y) and computes on its shard of each batch. Resumes from
+    ``run_dir/checkpoint.pt`` when its config matches (finished epochs are not redone); refuses a checkpoint
+    of another config. ``stop_after`` stops after that many epochs in this call (to test resumption).
+    """
+    ctx = ctx or DistContext()
+    run_dir = Path(run_dir)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    layout = ParamLayout.of(model)
+    batches = make_batches(x.shape[0], cfg)
+    optimizer = make_optimizer(cfg, list(model.parameters()))
+    ckpt_path = run_dir / "checkpoint.pt"
+    start, records, t1 = 0, [], None
+    theta0 = flat_params(model)
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=False)
+        if ckpt["config"] != cfg.to_dict():
+            raise ValueError(f"{ckpt_path} was written by another config ({ckpt['config']}); "
+                             f"use another results directory or delete it to restart")
+        if not torch.equal(ckpt["theta0"].to(theta0.device), theta0):
+            raise ValueError(f"{ckpt_path} starts from another pretrained point; delete it to restart")
+        start, records, t1 = ckpt["epoch"], ckpt["records"], ckpt.get("t1_check")
+        load_flat_(model, ckpt["theta"].to(theta0.device))
+        optimizer.load_state_dict(ckpt["optimizer"])
+    t_start = time.perf_counter()
+    first_loss = records[0]["full_loss_start"] if records else None
+    end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+    bar = tqdm(range(start, end), desc=f"{cfg.optimizer} epochs", disable=not (progress and ctx.is_main),
+               initial=start, total=cfg.epochs, leave=False)
+    for k in bar:
+        t_epoch = time.perf_counter()
+        theta_prev = flat_params(model)
+        g_full, loss_full = batch_gradient(model, x, y, torch.arange(x.shape[0]), ctx, cfg.chunk_size, prepare)
+        if first_loss is None:
+            first_loss = loss_full
+        _check_loss(loss_full, first_loss, k, cfg.lr)
+        if k == 0 and ctx.is_main:
+            save_vector(run_dir / "grad_theta0.safetensors", g_full, layout)
+        norms, losses = [], []
+        for b in tqdm(batches, desc=f"epoch {k + 1}", disable=not (progress and ctx.is_main) or len(batches) == 1,
+                      leave=False):
+            if len(batches) == 1:
+                g = g_full                  # the full-batch gradient is already in .grad
+                loss = loss_full
+            else:
+                g, loss = batch_gradient(model, x, y, b, ctx, cfg.chunk_size, prepare)
+            _check_loss(loss, first_loss, k, cfg.lr)
+            norms.append(float(torch.linalg.vector_norm(g.double())))
+            losses.append(loss)
+            before = flat_params(model) if (k == 0 and cfg.optimizer == "gd") else None
+            optimizer.step()
+            if before is not None:
+                t1 = check_t1(before, flat_params(model), g, cfg.lr).to_dict()
+        theta = flat_params(model)
+        if not torch.isfinite(theta).all():
+            raise DivergenceError(f"the parameters became non-finite in epoch {k + 1} with learning rate "
+                                  f"{cfg.lr:g}: lower the learning rate")
+        tau = task_vector(theta, theta0)
+        records.append({
+            "epoch": k + 1,
+            "full_grad_norm_start": float(torch.linalg.vector_norm(g_full.double())),
+            "full_loss_start": loss_full,
+            "minibatch_grad_norm_mean": sum(norms) / len(norms),
+            "minibatch_grad_norm_max": max(norms),
+            "batch_loss_mean": sum(losses) / len(losses),
+            "tau_norm": float(torch.linalg.vector_norm(tau.double())),
+            "update_norm": float(torch.linalg.vector_norm((theta - theta_prev).double())),
+            "wall_s": time.perf_counter() - t_epoch,
+        })
+        if ctx.is_main:
+            save_vector(tau_path(run_dir, k + 1), tau, layout)
+            _atomic_torch_save({"config": cfg.to_dict(), "epoch": k + 1, "theta": theta.cpu(), "theta0": theta0.cpu(),
+                                "optimizer": optimizer.state_dict(), "records": records, "t1_check": t1}, ckpt_path)
+        ctx.barrier()
+    return FinetuneResult(cfg.to_dict(), records, len(batches), int(x.shape[0]), start, t1,
+                          time.perf_counter() - t_start)
+
+
+def _check_loss(value: float, first: float, k: int, lr: float) -> None:
+    if not math.isfinite(value):
+        raise DivergenceError(f"the loss became {value} in epoch {k + 1} with learning rate {lr:g}: "
+                              "lower the learning rate")
+    if value > DIVERGENCE_FACTOR * (abs(first) + 1.0):
+        raise DivergenceError(f"the loss exploded from {first:.4g} to {value:.4g} in epoch {k + 1} with learning "
+                              f"rate {lr:g}: lower the learning rate")

@@ -1,0 +1,113 @@
+"""The frozen classification head of a task: a linear probe fitted once at the pretrained point.
+
+Only the encoder is finetuned and merged; every task keeps the head fitted on *pretrained* features, so
+the loss of task t is a function of the encoder parameters alone and task vectors of different tasks
+live in one space. The probe is deterministic and closed-form:
+
+1. ridge least squares on one-hot targets: [W b] = argmin ||Z W^T + b - Y||^2 + lam ||W||_F^2 (float64,
+   features Z of the training images at theta_0, lam = ridge * trace(Z_c^T Z_c) / d), from the sums
+   Z^T Z, Z^T Y, sum Z, sum Y, which are all-reduced across ranks, so the probe does not depend on the
+   sharding;
+2. one temperature s > 0 multiplying (W, b), the minimiser of the training cross-entropy over a fixed
+   log-spaced grid (least-squares logits are on a 0-1 scale; CE needs sharper ones).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .dist import DistContext
+
+TEMPERATURE_GRID = tuple(10 ** (e / 8) for e in range(-8, 25))  # 0.1 .. 1000, 33 values
+
+
+class FrozenHeadClassifier(nn.Module):
+    """logits = encode(x) W^T + b with (W, b) buffers: the module's parameters are the encoder's only."""
+
+    def __init__(self, encoder: nn.Module, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        if getattr(encoder, "head", None) is not None:
+            raise ValueError("the encoder must have no head (ViTConfig.num_classes = 0); the head is the frozen probe")
+        self.encoder = encoder
+        dtype = next(encoder.parameters()).dtype
+        self.register_buffer("head_weight", weight.detach().to(dtype).clone())
+        self.register_buffer("head_bias", bias.detach().to(dtype).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.encode(x) @ self.head_weight.T + self.head_bias
+
+
+def ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sum_i logsumexp(f_i) - f_i[y_i] (the library's cross-entropy, summed instead of averaged)."""
+    return (torch.logsumexp(logits, dim=-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)).sum()
+
+
+@torch.no_grad()
+def features(encoder: nn.Module, x: torch.Tensor, chunk: int = 256, prepare=None) -> torch.Tensor:
+    """CLS features of ``x`` (N, dim), computed in chunks; ``prepare`` maps a raw chunk to model input."""
+    dtype = next(encoder.parameters()).dtype
+    device = next(encoder.parameters()).device
+    outs = []
+    for i in range(0, x.shape[0], chunk):
+        xb = x[i:i + chunk]
+        xb = prepare(xb) if prepare is not None else xb
+        outs.append(encoder.encode(xb.to(device=device, dtype=dtype)))
+    return torch.cat(outs) if outs else torch.zeros(0, encoder.config.dim, dtype=dtype, device=device)
+
+
+def fit_probe(z: torch.Tensor, y: torch.Tensor, num_classes: int, ctx: DistContext | None = None,
+              ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Ridge probe + CE temperature on features z (this rank's shard), labels y; returns (W, b, info)."""
+    ctx = ctx or DistContext()
+    z64 = z.detach().double()
+    d = z64.shape[1]
+    onehot = torch.nn.functional.one_hot(y.to(z.device), num_classes).double()
+    stats = torch.cat([
+        (z64.T @ z64).reshape(-1), (z64.T @ onehot).reshape(-1), z64.sum(0), onehot.sum(0),
+        torch.tensor([float(z64.shape[0])], dtype=torch.float64, device=z.device)])
+    ctx.all_reduce_sum_(stats)
+    sizes = [d * d, d * num_classes, d, num_classes, 1]
+    zz, zy, sz, sy, n = torch.split(stats, sizes)
+    n = float(n)
+    if n < 1:
+        raise ValueError("the probe needs at least one training example")
+    zz, zy = zz.view(d, d), zy.view(d, num_classes)
+    mz, my = sz / n, sy / n
+    czz = zz - n * torch.outer(mz, mz)                   # centred Gram matrix
+    czy = zy - n * torch.outer(mz, my)
+    lam = ridge * float(torch.trace(czz)) / d + 1e-12
+    w = torch.linalg.solve(czz + lam * torch.eye(d, dtype=torch.float64, device=z.device), czy).T  # (C, d)
+    b = my - w @ mz
+    losses = torch.stack([ce_sum(s * (z64 @ w.T + b), y.to(z.device)) for s in TEMPERATURE_GRID])
+    ctx.all_reduce_sum_(losses)
+    best = int(torch.argmin(losses))
+    s = TEMPERATURE_GRID[best]
+    info = {"method": "ridge least squares on one-hot targets + CE temperature grid", "ridge": ridge,
+            "ridge_lambda": lam, "temperature": s, "train_ce": float(losses[best]) / n, "num_examples": int(n),
+            "temperature_grid": [TEMPERATURE_GRID[0], TEMPERATURE_GRID[-1], len(TEMPERATURE_GRID)]}
+    return (s * w).float(), (s * b).float(), info
+
+
+@torch.no_grad()
+def correct_count(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 256, prepare=None) -> int:
+    """Number of correctly classified examples of (x, y)."""
+    p = next(model.parameters())
+    correct = 0
+    for i in range(0, x.shape[0], chunk):
+        xb = x[i:i + chunk]
+        xb = prepare(xb) if prepare is not None else xb
+        correct += int((model(xb.to(device=p.device, dtype=p.dtype)).argmax(-1).cpu() == y[i:i + chunk].cpu()).sum())
+    return correct
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DistContext | None = None,
+             chunk: int = 256, prepare=None) -> float:
+    """Accuracy over all ranks' shards (x, y is this rank's shard)."""
+    ctx = ctx or DistContext()
+    t = torch.tensor([float(correct_count(model, x, y, chunk, prepare)), float(x.shape[0])], dtype=torch.float64,
+                     device=ctx.device)
+    ctx.all_reduce_sum_(t)
+    return float(t[0] / t[1]) if t[1] > 0 else math.nan

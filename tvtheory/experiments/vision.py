@@ -1,0 +1,379 @@
+"""Vision finetuning experiments E1-E3 on the small pretrained ViT: ``python -m tvtheory.experiments.vision``.
+
+Subcommands:
+  pretrain-info   the pretrained encoder (config, size, provenance) and the seven tasks' data sizes
+  finetune        per task: fit the frozen probe head at theta_0, finetune the encoder with gd / sgd / adamw,
+                  record E1/E2 and the T2/T3 expansion per epoch, write <results>/<task>/<optimizer>.json and
+                  the task vectors <results>/<task>/<optimizer>/tau_epochKKK.safetensors
+  merge           E3: task arithmetic of one-epoch vs converged task vectors -> <results>/merge_<optimizer>.json
+  report          print the tables of everything under <results>
+Multi-process: the same command under ``torchrun --nproc_per_node N`` (gloo on CPU, nccl on CUDA; CUDA is
+used whenever present). Every finished epoch is checkpointed; rerunning the command resumes.
+The pretraining itself is ``small_models/pretrain_vit.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import versions, write_json_atomic
+from ..params import ParamLayout, flat_params, load_flat_
+from .analysis import T4_NOTE, direction_stats, expansion_stats, norm_stats
+from .dist import DistContext, init_from_env, shard
+from .finetune import FinetuneConfig, finetune, load_vector, make_batches, save_vector, tau_path
+from .merging import DEFAULT_ALPHA_GRID, merge_and_evaluate
+from .probe import FrozenHeadClassifier, accuracy, features, fit_probe
+
+OPTIMIZERS = ("gd", "sgd", "adamw")
+QUICK = {"epochs": 3, "max_train": 256, "max_val": 128, "max_test": 256, "batch_size": 64}
+
+
+# ------------------------------------------------------------------------------------------ data / model
+
+def _subset(index: torch.Tensor, cap: int, seed: int) -> torch.Tensor:
+    """A seeded random subset of at most ``cap`` indices (0 = all), sorted."""
+    if cap <= 0 or index.numel() <= cap:
+        return index
+    pick = np.sort(np.random.default_rng(seed).permutation(index.numel())[:cap])
+    return index[torch.from_numpy(pick)]
+
+
+def load_task_data(task: str, args) -> dict:
+    """train (capped) / val (10 % of train, seed 0, capped) / test (capped) as uint8 images + labels."""
+    if args.synthetic:
+        return _synthetic_task(task, args)
+    from ..vision.datasets import dataset_info, get_task, load_task, train_val_split
+
+    t = get_task(task)
+    classes = len(t.classes) if t.classes is not None else len(dataset_info(t.dataset, args.data_root)["classes"])
+    x, y = load_task(t, "train", root=args.data_root)
+    xt, yt = load_task(t, "test", root=args.data_root)
+    tr, va = train_val_split(x.shape[0], 0.1, 0)
+    tr, va = _subset(tr, args.max_train, args.seed), _subset(va, args.max_val, args.seed)
+    te = _subset(torch.arange(xt.shape[0]), args.max_test, args.seed)
+    return {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (xt[te], yt[te]), "num_classes": classes,
+            "available_train": int(tr.numel() if args.max_train <= 0 else x.shape[0] - va.numel())}
+
+
+def _synthetic_task(task: str, args) -> dict:
+    """Random uint8 images whose label is the brightest colour channel (smoke tests only)."""
+    from ..vision.datasets import TASKS
+
+    g = torch.Generator().manual_seed(1000 + sorted(TASKS).index(task) if task in TASKS else 999)
+    n = args.max_train + args.max_val + args.max_test
+    size = _pretrained(args)[1].image_size
+    x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    y = x.double().mean((2, 3)).argmax(1)
+    a, b = args.max_train, args.max_train + args.max_val
+    return {"train": (x[:a], y[:a]), "val": (x[a:b], y[a:b]), "test": (x[b:], y[b:]), "num_classes": 3,
+            "available_train": a}
+
+
+_PRETRAINED_CACHE: dict = {}
+
+
+def _pretrained(args):
+    """(encoder, config) of the pretrained ViT, or a seeded random tiny ViT with --synthetic."""
+    key = (args.synthetic, args.pretrained)
+    if key not in _PRETRAINED_CACHE:
+        from ..vision.vit import ViT, ViTConfig, load_pretrained
+
+        if args.synthetic:
+            cfg = ViTConfig(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32)
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                enc = ViT(cfg)
+            _PRETRAINED_CACHE[key] = (enc.eval(), cfg)
+        else:
+            _PRETRAINED_CACHE[key] = load_pretrained(args.pretrained)
+    enc, cfg = _PRETRAINED_CACHE[key]
+    return copy.deepcopy(enc), cfg
+
+
+def _prepare(dtype: torch.dtype):
+    from ..vision.datasets import normalize
+
+    return lambda xb: normalize(xb, dtype)
+
+
+def _dtype(args) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+
+
+# ------------------------------------------------------------------------------------------ head
+
+def task_head(task: str, data: dict, args, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The frozen probe of the task: fitted once at theta_0 (all ranks), then read from the results folder."""
+    folder = Path(args.results) / task
+    path, meta = folder / "head.safetensors", folder / "head.json"
+    if not path.exists():
+        enc, _ = _pretrained(args)
+        enc = enc.to(device=ctx.device, dtype=_dtype(args))
+        x, y = data["train"]
+        mine = shard(torch.arange(x.shape[0]), ctx)
+        z = features(enc, x[mine], args.chunk_size, _prepare(_dtype(args)))
+        w, b, info = fit_probe(z, y[mine], data["num_classes"], ctx)
+        model = FrozenHeadClassifier(enc, w, b)
+        info["pretrained_accuracy"] = {s: _acc(model, data[s], ctx, args) for s in ("train", "val", "test")}
+        if ctx.is_main:
+            from safetensors.torch import save_file
+
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / ".head.safetensors.tmp"
+            save_file({"weight": w.cpu().contiguous(), "bias": b.cpu().contiguous()}, str(tmp))
+            write_json_atomic(meta, info)
+            tmp.replace(path)
+        ctx.barrier()
+    from safetensors.torch import load_file
+
+    t = load_file(str(path))
+    return t["weight"], t["bias"], json.loads(meta.read_text())
+
+
+def _acc(model, split_data, ctx, args) -> float:
+    x, y = split_data
+    mine = shard(torch.arange(x.shape[0]), ctx)
+    return accuracy(model, x[mine], y[mine], ctx, args.chunk_size, _prepare(_dtype(args)))
+
+
+def _model(args, ctx, head) -> FrozenHeadClassifier:
+    enc, _ = _pretrained(args)
+    return FrozenHeadClassifier(enc, head[0], head[1]).to(device=ctx.device, dtype=_dtype(args))
+
+
+# ------------------------------------------------------------------------------------------ finetune
+
+def _finetune_config(opt: str, args) -> FinetuneConfig:
+    lr = {"gd": args.lr_gd, "sgd": args.lr_sgd, "adamw": args.lr_adamw}[opt]
+    return FinetuneConfig(opt, lr, args.epochs, batch_size=args.batch_size,
+                          weight_decay=args.weight_decay if opt == "adamw" else 0.0, seed=args.seed,
+                          chunk_size=args.chunk_size)
+
+
+def run_finetune(task: str, opt: str, data: dict, head, args, ctx: DistContext) -> dict | None:
+    out_json = Path(args.results) / task / f"{opt}.json"
+    if out_json.exists():
+        if ctx.is_main:
+            print(f"{task}/{opt}: done ({out_json}), skipped", file=sys.stderr)
+        return None
+    t0 = time.perf_counter()
+    cfg = _finetune_config(opt, args)
+    run_dir = Path(args.results) / task / opt
+    model = _model(args, ctx, head)
+    layout = ParamLayout.of(model)
+    theta0 = flat_params(model)
+    x, y = data["train"]
+    prep = _prepare(_dtype(args))
+    result = finetune(model, x, y, cfg, run_dir, ctx, prep, progress=not args.no_progress,
+                      stop_after=args.stop_after)
+    if len(result.records) < cfg.epochs:                      # --stop-after: leave the checkpoint, no JSON
+        return None
+    taus = [load_vector(tau_path(run_dir, k), layout).to(theta0.device) for k in range(1, cfg.epochs + 1)]
+    g0 = load_vector(run_dir / "grad_theta0.safetensors", layout).to(theta0.device)
+    analysis = {"E1": norm_stats(result.records), "E2": direction_stats(taus, g0, layout),
+                "expansion": expansion_stats(model, x, y, make_batches(x.shape[0], cfg), theta0, taus, opt, cfg.lr,
+                                             ctx, cfg.chunk_size, prep, second_order=not args.no_second_order)}
+    accs = {}
+    for name, tau in (("one_epoch", taus[0]), ("finetuned", taus[-1])):
+        load_flat_(model, theta0 + tau)
+        accs[name] = {s: _acc(model, data[s], ctx, args) for s in ("val", "test")}
+    payload = {
+        "task": task, "optimizer": opt, "config": {**vars(args), "finetune": cfg.to_dict()}, "seed": args.seed,
+        "versions": versions(), "device": str(ctx.device), "world_size": ctx.world_size,
+        "data": {"num_train": int(x.shape[0]), "train_cap": args.max_train,
+                 "note": f"training set capped at {args.max_train} images (seeded subset of the train split minus "
+                         "the 10% validation split, seed 0)" if args.max_train > 0 else "no cap",
+                 "num_val": int(data["val"][0].shape[0]), "num_test": int(data["test"][0].shape[0]),
+                 "num_classes": data["num_classes"], "num_batches": result.num_batches},
+        "num_params_encoder": layout.size, "probe": head[2], "records": result.records,
+        "t1_check": result.t1_check, "resumed_from_epoch": result.resumed_from_epoch,
+        "analysis": analysis, "accuracy": {"pretrained": head[2]["pretrained_accuracy"], **accs},
+        "T4": T4_NOTE, "wall_time_s": time.perf_counter() - t0,
+    }
+    if ctx.is_main:
+        write_json_atomic(out_json, payload)
+    ctx.barrier()
+    return payload
+
+
+def cmd_finetune(args, ctx: DistContext) -> int:
+    for task in args.tasks:
+        data = load_task_data(task, args)
+        head = task_head(task, data, args, ctx)
+        for opt in args.optimizers:
+            run_finetune(task, opt, data, head, args, ctx)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ merge / report
+
+def cmd_merge(args, ctx: DistContext) -> int:
+    results = Path(args.results)
+    for opt in args.optimizers:
+        runs = {t: json.loads((results / t / f"{opt}.json").read_text()) for t in args.tasks
+                if (results / t / f"{opt}.json").exists()}
+        if len(runs) < 2:
+            print(f"merge {opt}: needs finished runs of >= 2 tasks, found {sorted(runs)}", file=sys.stderr)
+            continue
+        tasks = sorted(runs)
+        data = {t: load_task_data(t, args) for t in tasks}
+        heads = {t: task_head(t, data[t], args, ctx) for t in tasks}
+        models = {t: _model(args, ctx, heads[t]) for t in tasks}
+        layout = ParamLayout.of(models[tasks[0]])
+        theta0 = flat_params(models[tasks[0]])
+
+        def acc_fn(theta, t, split):
+            load_flat_(models[t], theta)
+            return _acc(models[t], data[t][split], ctx, args)
+
+        finetuned = {t: runs[t]["accuracy"]["finetuned"]["test"] for t in tasks}
+        K = {t: runs[t]["config"]["finetune"]["epochs"] for t in tasks}
+        out = {"optimizer": opt, "versions": versions(), "config": vars(args), "seed": args.seed,
+               "finetuned_test_accuracy": finetuned,
+               "one_epoch_test_accuracy": {t: runs[t]["accuracy"]["one_epoch"]["test"] for t in tasks},
+               "pretrained_test_accuracy": {t: heads[t][2]["pretrained_accuracy"]["test"] for t in tasks},
+               "normalisation": "merged accuracy on t / accuracy of the converged model finetuned on t"}
+        for name, k_of in (("one_epoch", lambda t: 1), ("converged", lambda t: K[t])):
+            taus = {t: load_vector(tau_path(results / t / opt, k_of(t)), layout).to(theta0.device) for t in tasks}
+            out[name] = merge_and_evaluate(theta0, taus, acc_fn, finetuned, args.alpha_grid)
+        if ctx.is_main:
+            write_json_atomic(results / f"merge_{opt}.json", out)
+            print(_merge_table(out))
+        ctx.barrier()
+    return 0
+
+
+def _merge_table(m: dict) -> str:
+    lines = [f"E3 merge ({m['optimizer']}): mean acc / mean normalised acc"]
+    for name in ("one_epoch", "converged"):
+        for which in ("alpha_val", "alpha_1_over_T"):
+            r = m[name][which]
+            lines.append(f"  {name:>9} {which:>14} alpha={r['alpha']:.3f}  acc={r['mean_accuracy']:.4f}  "
+                         f"norm={r['mean_normalised_accuracy']:.4f}")
+    return "\n".join(lines)
+
+
+def cmd_report(args, ctx: DistContext) -> int:
+    results = Path(args.results)
+    rows = []
+    for path in sorted(results.glob("*/*.json")):
+        if path.name == "head.json":
+            continue
+        r = json.loads(path.read_text())
+        e1, e2, acc = r["analysis"]["E1"], r["analysis"]["E2"], r["accuracy"]
+        ex = r["analysis"]["expansion"]["epochs"]
+        rows.append(f"{r['task']:>13} {r['optimizer']:>5}  E1 full/minibatch epoch0 largest: "
+                    f"{e1['full_grad_norm_start']['epoch0_largest']!s:>5}/{e1['minibatch_grad_norm_mean']['epoch0_largest']!s:>5}"
+                    f"  cos(tau1,tauK)={e2['cos_tau1_tauK']:.3f} cos(-g,tauK)={e2['cos_neg_g_tauK']:.3f}"
+                    f"  ||E_K||/||1st||={ex[-1]['relative_error']:.3g}"
+                    f"  acc pre/1ep/ft={acc['pretrained']['test']:.3f}/{acc['one_epoch']['test']:.3f}/"
+                    f"{acc['finetuned']['test']:.3f}")
+    print("\n".join(rows) if rows else f"no finished runs under {results}")
+    for path in sorted(results.glob("merge_*.json")):
+        print(_merge_table(json.loads(path.read_text())))
+    print(T4_NOTE)
+    return 0
+
+
+def cmd_pretrain_info(args, ctx: DistContext) -> int:
+    from ..vision.datasets import PAPER_BENCHMARK_STANDINS, TASKS, dataset_info
+    from ..vision.vit import DEFAULT_PRETRAINED, count_parameters
+
+    info: dict = {"tasks": {}}
+    try:
+        enc, cfg = _pretrained(args)
+        info["encoder"] = {"config": cfg.to_dict(), "num_params": count_parameters(enc)}
+        meta = Path(args.pretrained or DEFAULT_PRETRAINED).with_suffix(".json")
+        if not args.synthetic and meta.exists():
+            info["provenance"] = json.loads(meta.read_text())
+    except FileNotFoundError as e:
+        info["encoder"] = {"error": str(e)}
+    for t in TASKS.values():
+        try:
+            d = dataset_info(t.dataset, args.data_root)
+            info["tasks"][t.name] = {"dataset": t.dataset, "splits": d.get("splits"),
+                                     "classes": len(t.classes) if t.classes else len(d["classes"]),
+                                     "stands_in_for": PAPER_BENCHMARK_STANDINS[t.name]}
+        except Exception as e:  # noqa: BLE001 - report, do not fail, when data is absent
+            info["tasks"][t.name] = {"error": str(e)}
+    if ctx.is_main:
+        print(json.dumps(info, indent=2))
+    return 0 if "error" not in info["encoder"] else 1
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def _list(choices):
+    def parse(s: str) -> list[str]:
+        items = list(choices) if s == "all" else [v for v in s.split(",") if v]
+        bad = [v for v in items if v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(choices)} or 'all'")
+        return items
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..vision.datasets import TASKS
+
+    p = argparse.ArgumentParser(prog="python -m tvtheory.experiments.vision", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("command", choices=("pretrain-info", "finetune", "merge", "report"))
+    p.add_argument("--results", default="runs/vision", help="results directory")
+    p.add_argument("--tasks", type=_list(tuple(TASKS)), default=list(TASKS), help="comma list or 'all'")
+    p.add_argument("--optimizers", type=_list(OPTIMIZERS), default=list(OPTIMIZERS), help="comma list or 'all'")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr-gd", type=float, default=0.1)
+    p.add_argument("--lr-sgd", type=float, default=0.01)
+    p.add_argument("--lr-adamw", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW only")
+    p.add_argument("--batch-size", type=int, default=128, help="sgd / adamw")
+    p.add_argument("--max-train", type=int, default=4000, help="cap on each task's training images (0 = all)")
+    p.add_argument("--max-val", type=int, default=1000, help="cap on the validation split (0 = all)")
+    p.add_argument("--max-test", type=int, default=0, help="cap on the test split (0 = all)")
+    p.add_argument("--chunk-size", type=int, default=256, help="examples per forward pass (memory only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--alpha-grid", type=lambda s: [float(v) for v in s.split(",")], default=list(DEFAULT_ALPHA_GRID))
+    p.add_argument("--no-second-order", action="store_true", help="skip the HVP second-order term")
+    p.add_argument("--quick", action="store_true", help=f"tiny config: {QUICK}")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--pretrained", default=None, help="encoder safetensors (default small_models/vit_cifar5)")
+    p.add_argument("--synthetic", action="store_true", help="random tiny ViT + random images: smoke test only")
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt a run
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k.replace("-", "_"), v)
+    if args.synthetic and args.max_test <= 0:
+        args.max_test = 64
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    ctx = init_from_env()
+    return {"pretrain-info": cmd_pretrain_info, "finetune": cmd_finetune, "merge": cmd_merge,
+            "report": cmd_report}[args.command](args, ctx)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
