@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test verify unit bench figures clean
+.PHONY: setup run test verify unit bench figures figures-quick clean
 
 # torch is installed first and pinned exactly: this machine has the 2.13.0 CPU wheel on disk, while an
 # unpinned or ranged torch would pull a multi-GB CUDA build.
@@ -29,6 +29,12 @@ verify: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_curvature.py
+
+figures: setup
+	$(BIN)/python -m paper_figures.make_all
+
+figures-quick: setup
+	$(BIN)/python -m paper_figures.make_all --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

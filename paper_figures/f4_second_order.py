@@ -1,0 +1,167 @@
+"""F4, second-order error (T2, T3) on the default MLP (digits, widths 64,32,10, tanh, CE, float64).
+
+Left: for k = 1..K epochs of full-batch GD, ||E_k|| = ||tau_k + k eta g||, the second-order prediction
+||eta^2 C(k,2) H g||, what is left after it, ||E_k - eta^2 C(k,2) H g||, and the a-posteriori bound T2(c)
+(M_j from T4). Right: ||R|| = ||tau - first - second order|| against eta on log-log axes, for GD after k
+epochs (T2(a)) and for one epoch of B-batch SGD (T3), eta = eta_max / 2^i from the asymptotic regime
+eta_max ||H|| k = 0.1; the fitted slopes (expected 3) are printed on the plot.
+All numbers come from tvtheory (epoch_rows, remainder_slope), not re-derived here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import style
+from .results import Table, digits_data
+
+NAME = "f4_second_order"
+TITLE = "F4: second-order error of the task vector (T2, T3)"
+SOURCE = "theory"
+
+_BASE = {"data": "digits", "samples": None, "widths": [64, 32, 10], "activation": "tanh", "loss": "ce",
+         "lr": 0.1, "seed": 0, "dtype": "float64"}
+CONFIGS = {
+    "quick": {**_BASE, "epochs": 6, "remainder_epochs": 5, "halvings": 5, "t3_batches": 4},
+    "default": {**_BASE, "epochs": 10, "remainder_epochs": 5, "halvings": 8, "t3_batches": 4},
+}
+
+
+def steps(config: dict) -> int:
+    return 5
+
+
+def seeds(config: dict) -> int:
+    return config["seed"]
+
+
+def _problem(config: dict):
+    from tvtheory.models import make_mlp
+    from tvtheory.problem import DTYPES, make_problem
+
+    dtype = DTYPES[config["dtype"]]
+    data = digits_data(config["samples"], config["seed"], dtype)
+    model = make_mlp(config["widths"], config["activation"], seed=config["seed"], dtype=dtype)
+    return make_problem(model, config["loss"], data, 1, config["seed"])
+
+
+def compute(config: dict, bar) -> dict:
+    from tvtheory.curvature import hessian_spectral_norm
+    from tvtheory.optimizers import OptimizerSpec
+    from tvtheory.theorems import RESOLVED_FACTOR, asymptotic_eta, epoch_rows, remainder_slope
+    from tvtheory.trajectory import gradient_descent
+
+    lr, K = config["lr"], config["epochs"]
+    problem = _problem(config)
+    traj = gradient_descent(problem.objective, problem.theta0, lr, K)
+    bar.update()
+    rows = epoch_rows(problem, OptimizerSpec("gd", lr), traj)
+    bar.update()
+    h0 = hessian_spectral_norm(problem.objective, problem.theta0)
+    bar.update()
+    k, B = config["remainder_epochs"], config["t3_batches"]
+    series = [("T2(a): GD, k = %d epochs" % k, "T2", problem, k, 1),
+              ("T3: SGD, 1 epoch of B = %d batches" % B, "T3", problem.with_batches(B, config["seed"]), 1, B)]
+    points, fits = [], []
+    for label, statement, p, epochs, batches in series:
+        eta_max = min(lr, asymptotic_eta(h0, epochs * batches))       # as verify_t2 / verify_t3 choose it
+        fit = remainder_slope(p, eta_max, epochs, config["halvings"])
+        bar.update()
+        for q in fit["points"]:
+            points.append({"series": statement, "eta": q["eta"], "remainder": q["remainder"],
+                           "allowance": q["allowance"], "fitted": q["remainder"] > RESOLVED_FACTOR * q["allowance"]})
+        fits.append({"series": statement, "label": label, "epochs": epochs, "batches": batches, "eta_max": eta_max,
+                     "points": len(fit["points"]), "resolved": fit["resolved"], "slope": fit["slope"]})
+    return {
+        "summary": {"num_params": problem.num_params, "num_examples": len(problem.objective), "lr": lr,
+                    "hessian_norm_theta0": h0, "resolved_factor": RESOLVED_FACTOR},
+        "epochs": [{key: r.get(key) for key in ("k", "tau_norm", "first_order_norm", "error_norm",
+                                                "second_order_norm", "second_order_residual_norm", "bound",
+                                                "bound_ratio", "dominance", "rounding_allowance")} for r in rows],
+        "remainder": points,
+        "fits": fits,
+    }
+
+
+def _positive(xs, ys):
+    keep = [(x, y) for x, y in zip(xs, ys) if y is not None and y > 0]
+    return [x for x, _ in keep], [y for _, y in keep]
+
+
+def draw(result: dict):
+    data, config = result["data"], result["config"]
+    fig, axes = style.figure(2, height=6.0)
+    left, right = axes[0]
+
+    # ---- left: E_k, its second-order prediction, what is left, and the T2(c) bound, against k
+    rows = [r for r in data["epochs"] if r["k"] >= 2]          # E_1 = 0 exactly (T1): nothing to draw on log axes
+    ks = [r["k"] for r in rows]
+    lines = [("bound", "T2(c) bound  $\\eta\\sum_j M_j\\|\\theta_j-\\theta_0\\|$", style.GREEN, "^", "-", True),
+             ("error_norm", "$\\|E_k\\|$ (measured)", style.BLACK, "o", "-", True),
+             ("second_order_norm", "2nd-order prediction $\\|\\eta^2\\binom{k}{2}Hg\\|$", style.BLUE, "s", "--", False),
+             ("second_order_residual_norm", "$\\|E_k - \\eta^2\\binom{k}{2}Hg\\|$", style.VERMILLION, "D", "-", True)]
+    for key, label, colour, marker, ls, filled in lines:
+        x, y = _positive(ks, [r[key] for r in rows])
+        left.plot(x, y, ls, color=colour, marker=marker, label=label, markersize=7 if not filled else 6,
+                  markerfacecolor=colour if filled else "none", markeredgewidth=1.5)
+    left.set_yscale("log")
+    left.set_xlim(0.5, max(r["k"] for r in data["epochs"]) + 0.5)
+    left.set_xticks([r["k"] for r in data["epochs"]])
+    left.set_xlabel("epoch $k$ (full-batch GD steps)")
+    left.set_ylabel("norm in parameter space (dimensionless)")
+    left.set_title(f"T2: $k$ epochs of GD, $\\eta$ = {config['lr']:g}")
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), fontsize=12, ncol=1, frameon=False)
+    e1 = data["epochs"][0]["error_norm"]
+    style.note(left, f"$k$ = 1: $E_1$ = 0 (T1);\nmeasured {e1:.1e} (rounding)", "upper left", fontsize=10)
+
+    # ---- right: ||R|| against eta, log-log, with fitted slopes and a slope-3 reference
+    colours = {"T2": style.BLUE, "T3": style.VERMILLION}
+    markers = {"T2": "o", "T3": "s"}
+    slopes = []
+    for fit in data["fits"]:
+        pts = [p for p in data["remainder"] if p["series"] == fit["series"]]
+        c, m = colours.get(fit["series"], style.GREEN), markers.get(fit["series"], "^")
+        eta = np.array([p["eta"] for p in pts])
+        rem = np.array([p["remainder"] for p in pts])
+        used = np.array([p["fitted"] for p in pts])
+        right.plot(eta, rem, "-", color=c, alpha=0.5, linewidth=1.2)
+        right.plot(eta[used], rem[used], m, color=c, label=fit["label"])
+        slopes.append(f"{fit['series']}: fitted slope {fit['slope']:.3f}" if fit["slope"] is not None
+                      else f"{fit['series']}: too few resolved points")
+        if (~used).any():
+            right.plot(eta[~used], rem[~used], m, color=c, markerfacecolor="none", markeredgewidth=1.5)
+    # slope-3 reference through the largest T2 point, shifted down a decade so it does not hide data
+    ref = [p for p in data["remainder"] if p["series"] == data["fits"][0]["series"]]
+    e = np.array([ref[0]["eta"], ref[-1]["eta"]])
+    right.plot(e, ref[0]["remainder"] / 10 * (e / e[0]) ** 3, ":", color=style.GREY, linewidth=2,
+               label="slope 3 reference")
+    right.plot([p["eta"] for p in ref], [data["summary"]["resolved_factor"] * p["allowance"] for p in ref],
+               "--", color=style.GREY, linewidth=1, label=f"{data['summary']['resolved_factor']:g} × rounding allowance (T2)")
+    if any(not p["fitted"] for p in data["remainder"]):
+        right.plot([], [], "o", color=style.GREY, markerfacecolor="none", markeredgewidth=1.5,
+                   label="not fitted (below that line)")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("learning rate $\\eta$ (dimensionless)")
+    right.set_ylabel("$\\|R\\|$ = $\\|\\tau$ − 1st − 2nd order$\\|$ (dimensionless)")
+    right.set_title("remainder is $O(\\eta^3)$")
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), fontsize=12, ncol=1, frameon=False)
+    style.note(right, "\n".join(slopes) + "\n(expected 3)", "upper left", fontsize=12)
+    return fig
+
+
+def tables(result: dict) -> list[Table]:
+    return [
+        Table("Problem", "data.summary", [("P", "num_params"), ("N", "num_examples"), ("η", "lr"),
+                                          ("‖H(θ₀)‖₂ (Lanczos)", "hessian_norm_theta0")]),
+        Table("Left panel: error of the first-order prediction after k epochs of GD", "data.epochs",
+              [("k", "k"), ("‖E_k‖", "error_norm"), ("‖η²C(k,2)Hg‖", "second_order_norm"),
+               ("‖E_k − 2nd order‖", "second_order_residual_norm"), ("T2(c) bound", "bound"),
+               ("bound/‖E_k‖", "bound_ratio"), ("‖τ_k‖", "tau_norm"), ("‖kηg‖", "first_order_norm")]),
+        Table("Right panel: remainder against the learning rate", "data.remainder",
+              [("series", "series"), ("η", "eta"), ("‖R‖", "remainder"), ("rounding allowance", "allowance"),
+               ("in fit", "fitted")]),
+        Table("Right panel: fitted log-log slopes (expected 3)", "data.fits",
+              [("series", "series"), ("epochs", "epochs"), ("batches", "batches"), ("η_max", "eta_max"),
+               ("points", "points"), ("resolved", "resolved"), ("slope", "slope")]),
+    ]

@@ -1,0 +1,198 @@
+"""Result files behind the figures: load one from ``results/<source>/<name>.json``, or compute it.
+
+A result file is written atomically (``tvtheory.io.write_json_atomic``) and holds
+    {"name", "title", "configuration" ("tiny" | "quick" | "default" | ...), "config" (every parameter),
+     "seed", "versions" (tvtheory.io.versions), "created_utc", "wall_time_s", "data" (what the figure draws)}.
+Figures are drawn from ``data`` only, and ``numbers.md`` is rendered from the same files (``Table``), so
+every plotted number can be traced to a file.
+
+When is a stored result reused? Configurations are ranked tiny < quick < default. A stored result is used
+when it was made with the requested configuration (and the same config) or a higher-ranked one; otherwise
+(missing, lower-ranked, or made with a different config) it is recomputed, with the message
+"computing <name> with the <configuration> configuration" and a tqdm bar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from tvtheory.io import versions, write_json_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "results"
+LEVELS = ("tiny", "quick", "default")
+
+
+def _rank(configuration: str) -> int:
+    return LEVELS.index(configuration) if configuration in LEVELS else -1
+
+
+def result_path(figure: ModuleType, results_dir: str | os.PathLike | None = None) -> Path:
+    """``<results_dir>/<figure.SOURCE>/<figure.NAME>.json`` (results_dir defaults to results/)."""
+    root = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    return root / figure.SOURCE / f"{figure.NAME}.json"
+
+
+def load(path: str | os.PathLike) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _normalised(config: dict) -> Any:
+    return json.loads(json.dumps(config))
+
+
+def compute(figure: ModuleType, configuration: str, config: dict, path: Path, progress: bool = True) -> dict:
+    """Run ``figure.compute(config, bar)`` in one thread and write the result file atomically."""
+    print(f"computing {figure.NAME} with the {configuration} configuration", flush=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    try:
+        with tqdm(total=figure.steps(config), desc=figure.NAME, disable=not progress, leave=False) as bar:
+            data = figure.compute(config, bar)
+    finally:
+        torch.set_num_threads(threads)
+    result = {
+        "name": figure.NAME,
+        "title": figure.TITLE,
+        "configuration": configuration,
+        "config": config,
+        "seed": figure.seeds(config),
+        "versions": versions(),
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "data": data,
+    }
+    write_json_atomic(path, result)
+    return load(path)       # exactly what is on disk (JSON-normalised), so figures and numbers.md agree
+
+
+def load_or_compute(figure: ModuleType, configuration: str = "default", results_dir=None,
+                    config: dict | None = None, recompute: bool = False, progress: bool = True) -> dict | None:
+    """The result of ``figure`` from disk, computed first when missing or stale (see the module docstring).
+
+    ``config`` overrides ``figure.CONFIGS[configuration]`` (tests pass a tiny one). Returns None for a
+    figure whose results come from another pipeline (``figure.compute`` is None) and are not on disk.
+    """
+    path = result_path(figure, results_dir)
+    can_compute = getattr(figure, "compute", None) is not None
+    if config is None and can_compute:
+        config = figure.CONFIGS[configuration]
+    if path.exists() and not recompute:
+        stored = load(path)
+        if not can_compute:
+            return stored
+        same = stored.get("configuration") == configuration and stored.get("config") == _normalised(config)
+        finer = _rank(stored.get("configuration", "")) > _rank(configuration)
+        if same or finer:
+            print(f"using {_display(path)} ({stored['configuration']} configuration, {stored['created_utc']})")
+            return stored
+    if not can_compute:
+        return None
+    return compute(figure, configuration, config, path, progress)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def digits_data(samples: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float64):
+    """scikit-learn's digits (1,797 images), or a seeded random subset of ``samples`` of them."""
+    from tvtheory.data import digits
+
+    data = digits(dtype)
+    if samples is None or samples >= len(data):
+        return data
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:samples]
+    return data.subset(index.sort().values)
+
+
+# ------------------------------------------------------------------------------------- numbers tables
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of numbers.md: the rows at ``path`` in a result (dot-separated keys into the JSON; a list of
+    dicts, or one dict for a one-row table), one column per (label, key)."""
+
+    title: str
+    path: str
+    columns: Sequence[tuple[str, str]]
+
+
+def resolve(result: dict, path: str) -> list[dict]:
+    node: Any = result
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return [node] if isinstance(node, dict) else list(node)
+
+
+def format_cell(value: Any) -> str:
+    """How numbers.md writes a value: 6 significant digits for floats, n/a for null."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format(value, ".6g")
+    return str(value)
+
+
+def render_table(result: dict, table: Table) -> str:
+    header = "| " + " | ".join(f"{label} (`{key}`)" for label, key in table.columns) + " |"
+    lines = [f"### {table.title}", "", f"rows: `{table.path}`", "", header,
+             "|" + "|".join("---" for _ in table.columns) + "|"]
+    for row in resolve(result, table.path):
+        lines.append("| " + " | ".join(format_cell(row.get(key)) for _, key in table.columns) + " |")
+    return "\n".join(lines)
+
+
+def render_numbers(entries: Sequence[tuple[ModuleType, dict, Path]]) -> str:
+    """numbers.md: for each figure, the result file it was drawn from and its tables."""
+    out = ["# Numbers behind the figures", "",
+           "Written by `python -m paper_figures.make_all` from the result files named below (the same files the "
+           "figures are drawn from); do not edit by hand. Column headers give the JSON key of each value.", ""]
+    for figure, result, path in entries:
+        out += [f"## {result['title']}", "",
+                f"file: `{_display(path)}` ({result['configuration']} configuration, seed {result['seed']}, "
+                f"computed {result['created_utc']} in {result['wall_time_s']} s, tvtheory "
+                f"{result['versions']['tvtheory']}, torch {result['versions']['torch']})", ""]
+        for table in figure.tables(result):
+            out += [render_table(result, table), ""]
+    return "\n".join(out)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)        # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,116 @@
+"""One matplotlib style for every paper figure, and ``save`` (PDF + PNG, written atomically).
+
+- Agg backend (no display needed), set before pyplot is imported.
+- Colours: the Okabe-Ito palette (Okabe & Ito 2008), distinguishable with the common colour-vision
+  deficiencies; every series also gets its own marker or line style, so the figures read in grey too.
+- Sizes: figures are about 10 inches wide and saved at 150 dpi, so a PNG shown ~700 px wide in a README
+  renders 12-13 pt text at about 12 px.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+# Okabe-Ito, in the order series use them (yellow last: it is faint on white).
+BLUE = "#0072B2"
+VERMILLION = "#D55E00"
+GREEN = "#009E73"
+ORANGE = "#E69F00"
+PURPLE = "#CC79A7"
+SKY = "#56B4E9"
+YELLOW = "#F0E442"
+BLACK = "#000000"
+GREY = "#7F7F7F"    # reference lines only
+PALETTE = (BLUE, VERMILLION, GREEN, ORANGE, PURPLE, SKY, YELLOW, BLACK)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+WIDTH = 10.0        # inches: full-width figure
+DPI = 150
+
+RC = {
+    "font.size": 13,
+    "axes.titlesize": 13,
+    "axes.labelsize": 13,
+    "xtick.labelsize": 12,
+    "ytick.labelsize": 12,
+    "legend.fontsize": 11,
+    "legend.framealpha": 0.9,
+    "figure.titlesize": 14,
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.8,
+    "lines.markersize": 6,
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "figure.constrained_layout.use": True,
+    "pdf.fonttype": 42,     # TrueType in the PDF: editable, searchable text
+    "mathtext.fontset": "dejavusans",
+}
+
+
+def apply() -> None:
+    """Install the style (idempotent); every figure module calls it before drawing."""
+    matplotlib.rcParams.update(RC)
+
+
+apply()
+
+
+def figure(ncols: int = 1, height: float = 4.2, width: float = WIDTH, **kwargs):
+    """A new figure with ``ncols`` panels side by side, in this style."""
+    apply()
+    return plt.subplots(1, ncols, figsize=(width, height), squeeze=False, **kwargs)
+
+
+def note(ax, text: str, loc: str = "upper left", **kwargs) -> None:
+    """A small boxed text in a corner of the axes (corners: 'upper left', 'lower right', ...)."""
+    v, h = loc.split()
+    x = 0.03 if h == "left" else 0.97
+    y = 0.97 if v == "upper" else 0.03
+    ax.text(x, y, text, transform=ax.transAxes, ha=h, va="top" if v == "upper" else "bottom",
+            fontsize=kwargs.pop("fontsize", 11),
+            bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor="0.7", alpha=0.9), **kwargs)
+
+
+def _atomic_savefig(fig, path: Path, fmt: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        # fixed metadata: the same figure gives the same bytes, so re-running does not churn git
+        metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+        fig.savefig(tmp, format=fmt, metadata=metadata)
+        os.chmod(tmp, 0o644)        # mkstemp creates 0600; figures are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(fig, name: str, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Write ``<out_dir>/<name>.pdf`` and ``.png`` (default out_dir: paper_figures/out/), each atomically
+    (temporary file in the same folder, then os.replace), close the figure, and return the two paths."""
+    out = Path(out_dir) if out_dir is not None else OUT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in ("pdf", "png"):
+        path = out / f"{name}.{fmt}"
+        _atomic_savefig(fig, path, fmt)
+        paths.append(path)
+        fig.set_layout_engine("none")   # the layout is in inches: the PNG reuses the PDF's (saves one pass)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,144 @@
+"""paper_figures: results computed when missing (tiny configurations), every figure drawn to PNG and PDF, and
+numbers.md equal to the result files it is rendered from."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # paper_figures is not an installed package
+
+from paper_figures import f4_second_order, f5_curvature_bound, f6_floating_point, figures, make_all  # noqa: E402
+from paper_figures.results import format_cell, load, load_or_compute, resolve, result_path  # noqa: E402
+
+TINY = {
+    f4_second_order: {**f4_second_order.CONFIGS["quick"], "samples": 96, "widths": [64, 4, 10], "epochs": 3,
+                      "halvings": 3, "t3_batches": 2},
+    f5_curvature_bound: {**f5_curvature_bound.CONFIGS["quick"], "samples": 48, "depths": [1, 2], "widths": [4],
+                         "activations": ["tanh", "silu"], "base_widths": [64, 4, 10]},
+    f6_floating_point: {**f6_floating_point.CONFIGS["quick"], "samples": 48, "widths": [64, 4, 10],
+                        "runs": [{"seed": 0, "lr": 0.1}]},
+}
+THEORY = ["f4_second_order", "f5_curvature_bound", "f6_floating_point"]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """make_all --quick on an empty results folder, with the quick configurations shrunk to tiny ones."""
+    root = tmp_path_factory.mktemp("figures")
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        for module, config in TINY.items():
+            mp.setitem(module.CONFIGS, "quick", config)
+        code = make_all.main(["--quick", "--results", str(root / "results"), "--out", str(root / "out"),
+                              "--no-progress"])
+    assert code == 0
+    return {"results": root / "results", "out": root / "out", "stdout": out.getvalue()}
+
+
+def test_every_theory_figure_is_discovered():
+    assert [f.NAME for f in figures()][:3] == THEORY
+
+
+@pytest.mark.parametrize("name", THEORY)
+def test_missing_results_are_computed_with_a_message(made, name):
+    assert f"computing {name} with the quick configuration" in made["stdout"]
+    result = load(made["results"] / "theory" / f"{name}.json")
+    assert result["configuration"] == "quick" and result["data"]
+    assert {"config", "seed", "versions", "created_utc"} <= set(result)
+    assert {"tvtheory", "torch", "numpy"} <= set(result["versions"])
+
+
+@pytest.mark.parametrize("name", THEORY)
+def test_each_figure_is_written_as_png_and_pdf(made, name):
+    png, pdf = made["out"] / f"{name}.png", made["out"] / f"{name}.pdf"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
+    assert not list(made["out"].glob("*.tmp")) and not list(made["out"].glob(".*"))   # atomic: no leftovers
+
+
+def _parse_numbers(text: str) -> list[tuple[Path, str, list[str], list[list[str]]]]:
+    """(result file, rows path, column keys, cells) for every table of numbers.md."""
+    tables, current_file = [], None
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("file: `"):
+            current_file = Path(re.match(r"file: `([^`]+)`", line).group(1))
+        if line.startswith("rows: `"):
+            path = re.match(r"rows: `([^`]+)`", line).group(1)
+            header = lines[i + 2]
+            keys = re.findall(r"\(`([^`]+)`\)", header)
+            rows, j = [], i + 4
+            while j < len(lines) and lines[j].startswith("| "):
+                rows.append([c.strip() for c in lines[j].strip().strip("|").split(" | ")])
+                j += 1
+            tables.append((current_file, path, keys, rows))
+    return tables
+
+
+def test_numbers_md_equals_the_result_files(made):
+    tables = _parse_numbers((made["out"] / "numbers.md").read_text())
+    assert {f.stem for f, *_ in tables} == set(THEORY)
+    compared = 0
+    for file, path, keys, rows in tables:
+        expected = resolve(json.loads(file.read_text()), path)
+        assert len(rows) == len(expected) > 0, (file, path)
+        for cells, row in zip(rows, expected):
+            assert len(cells) == len(keys)
+            for key, cell in zip(keys, cells):
+                value = row[key]
+                assert cell == format_cell(value), (file.stem, path, key)
+                if isinstance(value, float):                      # parse the number back
+                    assert float(cell) == pytest.approx(value, rel=1e-5, abs=0)
+                    compared += 1
+    assert compared > 50
+
+
+def test_headline_numbers_are_in_numbers_md(made):
+    text = (made["out"] / "numbers.md").read_text()
+    f4 = load(made["results"] / "theory" / "f4_second_order.json")
+    f6 = load(made["results"] / "theory" / "f6_floating_point.json")
+    assert format_cell(f4["data"]["fits"][0]["slope"]) in text
+    for row in f6["data"]["summary"]:
+        assert row["max_ratio"] == max(r["max_ratio"] for r in f6["data"]["runs"] if r["dtype"] == row["dtype"])
+        assert format_cell(row["max_ratio"]) in text
+    for run in f6["data"]["runs"]:     # the per-coordinate ratios agree with tvtheory's own T1 check
+        assert run["max_ratio"] == pytest.approx(run["check_t1_max_ratio"], rel=1e-12)
+
+
+def test_stored_results_are_reused_and_stale_ones_recomputed(made, capsys):
+    config, path = TINY[f6_floating_point], result_path(f6_floating_point, made["results"])
+    assert load_or_compute(f6_floating_point, "quick", made["results"], config=config, progress=False)
+    assert "using" in capsys.readouterr().out
+    # made with another config: recomputed
+    changed = {**config, "runs": [{"seed": 1, "lr": 0.5}]}
+    result = load_or_compute(f6_floating_point, "quick", made["results"], config=changed, progress=False)
+    assert "computing f6_floating_point with the quick configuration" in capsys.readouterr().out
+    assert result["config"]["runs"] == [{"seed": 1, "lr": 0.5}] and load(path)["config"] == result["config"]
+    # a default request does not accept a quick result; a quick request accepts a default one
+    load_or_compute(f6_floating_point, "default", made["results"], config=config, progress=False)
+    assert "computing f6_floating_point with the default configuration" in capsys.readouterr().out
+    assert load_or_compute(f6_floating_point, "quick", made["results"], progress=False)["configuration"] == "default"
+    assert "using" in capsys.readouterr().out
+
+
+def test_figures_from_another_pipeline_are_skipped_until_their_results_exist(tmp_path, monkeypatch, capsys):
+    """A vision figure (F1-F3) is one module with compute = None; make_all skips it while its file is missing."""
+    fake = types.SimpleNamespace(NAME="f1_fake", TITLE="F1: fake", SOURCE="vision", compute=None,
+                                 PRODUCER="the vision pipeline", tables=lambda result: [])
+    assert load_or_compute(fake, "default", tmp_path) is None
+    monkeypatch.setattr(make_all, "figures", lambda: [fake])
+    assert make_all.main(["--results", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping f1_fake" in out and "the vision pipeline" in out and "computing" not in out
+    stored = {"name": "f1_fake", "configuration": "default", "data": {"x": 1}}
+    (tmp_path / "vision").mkdir()
+    (tmp_path / "vision" / "f1_fake.json").write_text(json.dumps(stored))
+    assert load_or_compute(fake, "default", tmp_path) == stored
