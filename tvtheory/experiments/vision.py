@@ -4,7 +4,7 @@ Subcommands:
   pretrain-info   the pretrained encoder (config, size, provenance) and the seven tasks' data sizes
   finetune        per task: fit the frozen probe head at theta_0, finetune the encoder with gd / sgd / adamw,
                   record E1/E2 and the T2/T3 expansion per epoch, write <results>/<task>/<optimizer>.json and
-                  the task vectors <results>/<task>/<optimizer>/tau_epochKKK.safetensors
+                  the task vectors <artifacts>/<task>/<optimizer>/tau_epochKKK.safetensors
   merge           E3: task arithmetic of one-epoch vs converged task vectors -> <results>/merge_<optimizer>.json
   report          print the tables of everything under <results>
 Multi-process: the same command under ``torchrun --nproc_per_node N`` (gloo on CPU, nccl on CUDA; CUDA is
@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from ..io import versions, write_json_atomic
 from ..params import ParamLayout, flat_params, load_flat_
 from .analysis import T4_NOTE, direction_stats, expansion_stats, norm_stats
 from .dist import DistContext, init_from_env, shard
-from .finetune import FinetuneConfig, finetune, load_vector, make_batches, save_vector, tau_path
+from .finetune import FinetuneConfig, finetune, load_vector, make_batches, tau_path
 from .merging import DEFAULT_ALPHA_GRID, merge_and_evaluate
 from .probe import FrozenHeadClassifier, accuracy, features, fit_probe
 
@@ -59,10 +57,11 @@ def load_task_data(task: str, args) -> dict:
     x, y = load_task(t, "train", root=args.data_root)
     xt, yt = load_task(t, "test", root=args.data_root)
     tr, va = train_val_split(x.shape[0], 0.1, 0)
+    available = int(tr.numel())
     tr, va = _subset(tr, args.max_train, args.seed), _subset(va, args.max_val, args.seed)
     te = _subset(torch.arange(xt.shape[0]), args.max_test, args.seed)
     return {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (xt[te], yt[te]), "num_classes": classes,
-            "available_train": int(tr.numel() if args.max_train <= 0 else x.shape[0] - va.numel())}
+            "available_train": available}
 
 
 def _synthetic_task(task: str, args) -> dict:
@@ -114,7 +113,7 @@ def _dtype(args) -> torch.dtype:
 
 def task_head(task: str, data: dict, args, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The frozen probe of the task: fitted once at theta_0 (all ranks), then read from the results folder."""
-    folder = Path(args.results) / task
+    folder = Path(args.artifacts) / task
     path, meta = folder / "head.safetensors", folder / "head.json"
     if not path.exists():
         enc, _ = _pretrained(args)
@@ -137,7 +136,11 @@ def task_head(task: str, data: dict, args, ctx: DistContext) -> tuple[torch.Tens
     from safetensors.torch import load_file
 
     t = load_file(str(path))
-    return t["weight"], t["bias"], json.loads(meta.read_text())
+    info = json.loads(meta.read_text())
+    if info["num_examples"] != data["train"][0].shape[0] or t["weight"].shape[0] != data["num_classes"]:
+        raise ValueError(f"{path} was fitted on {info['num_examples']} training images, this run has "
+                         f"{data['train'][0].shape[0]} (another --max-train / --quick?): use another --results folder")
+    return t["weight"], t["bias"], info
 
 
 def _acc(model, split_data, ctx, args) -> float:
@@ -168,7 +171,7 @@ def run_finetune(task: str, opt: str, data: dict, head, args, ctx: DistContext) 
         return None
     t0 = time.perf_counter()
     cfg = _finetune_config(opt, args)
-    run_dir = Path(args.results) / task / opt
+    run_dir = Path(args.artifacts) / task / opt
     model = _model(args, ctx, head)
     layout = ParamLayout.of(model)
     theta0 = flat_params(model)
@@ -189,10 +192,13 @@ def run_finetune(task: str, opt: str, data: dict, head, args, ctx: DistContext) 
         accs[name] = {s: _acc(model, data[s], ctx, args) for s in ("val", "test")}
     payload = {
         "task": task, "optimizer": opt, "config": {**vars(args), "finetune": cfg.to_dict()}, "seed": args.seed,
+        "task_vectors": [str(tau_path(run_dir, k)) for k in range(1, cfg.epochs + 1)],
         "versions": versions(), "device": str(ctx.device), "world_size": ctx.world_size,
         "data": {"num_train": int(x.shape[0]), "train_cap": args.max_train,
-                 "note": f"training set capped at {args.max_train} images (seeded subset of the train split minus "
-                         "the 10% validation split, seed 0)" if args.max_train > 0 else "no cap",
+                 "available_train": data["available_train"],
+                 "note": f"training set: {int(x.shape[0])} of the {data['available_train']} train-split images left "
+                         f"after the 10% validation split (seed 0), capped by --max-train {args.max_train} "
+                         f"(0 = no cap) with a seeded subset (seed {args.seed})",
                  "num_val": int(data["val"][0].shape[0]), "num_test": int(data["test"][0].shape[0]),
                  "num_classes": data["num_classes"], "num_batches": result.num_batches},
         "num_params_encoder": layout.size, "probe": head[2], "records": result.records,
@@ -207,6 +213,7 @@ def run_finetune(task: str, opt: str, data: dict, head, args, ctx: DistContext) 
 
 
 def cmd_finetune(args, ctx: DistContext) -> int:
+    _pretrained(args)                       # fail fast when the weights are missing, before loading data
     for task in args.tasks:
         data = load_task_data(task, args)
         head = task_head(task, data, args, ctx)
@@ -218,6 +225,7 @@ def cmd_finetune(args, ctx: DistContext) -> int:
 # ------------------------------------------------------------------------------------------ merge / report
 
 def cmd_merge(args, ctx: DistContext) -> int:
+    _pretrained(args)
     results = Path(args.results)
     for opt in args.optimizers:
         runs = {t: json.loads((results / t / f"{opt}.json").read_text()) for t in args.tasks
@@ -244,7 +252,8 @@ def cmd_merge(args, ctx: DistContext) -> int:
                "pretrained_test_accuracy": {t: heads[t][2]["pretrained_accuracy"]["test"] for t in tasks},
                "normalisation": "merged accuracy on t / accuracy of the converged model finetuned on t"}
         for name, k_of in (("one_epoch", lambda t: 1), ("converged", lambda t: K[t])):
-            taus = {t: load_vector(tau_path(results / t / opt, k_of(t)), layout).to(theta0.device) for t in tasks}
+            taus = {t: load_vector(tau_path(Path(args.artifacts) / t / opt, k_of(t)), layout).to(theta0.device)
+                    for t in tasks}
             out[name] = merge_and_evaluate(theta0, taus, acc_fn, finetuned, args.alpha_grid)
         if ctx.is_main:
             write_json_atomic(results / f"merge_{opt}.json", out)
@@ -272,8 +281,8 @@ def cmd_report(args, ctx: DistContext) -> int:
         r = json.loads(path.read_text())
         e1, e2, acc = r["analysis"]["E1"], r["analysis"]["E2"], r["accuracy"]
         ex = r["analysis"]["expansion"]["epochs"]
-        rows.append(f"{r['task']:>13} {r['optimizer']:>5}  E1 full/minibatch epoch0 largest: "
-                    f"{e1['full_grad_norm_start']['epoch0_largest']!s:>5}/{e1['minibatch_grad_norm_mean']['epoch0_largest']!s:>5}"
+        full, mini = e1["full_grad_norm_start"]["epoch0_largest"], e1["minibatch_grad_norm_mean"]["epoch0_largest"]
+        rows.append(f"{r['task']:>13} {r['optimizer']:>5}  E1 full/minibatch epoch0 largest: {full!s:>5}/{mini!s:>5}"
                     f"  cos(tau1,tauK)={e2['cos_tau1_tauK']:.3f} cos(-g,tauK)={e2['cos_neg_g_tauK']:.3f}"
                     f"  ||E_K||/||1st||={ex[-1]['relative_error']:.3g}"
                     f"  acc pre/1ep/ft={acc['pretrained']['test']:.3f}/{acc['one_epoch']['test']:.3f}/"
@@ -329,7 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tvtheory.experiments.vision", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("command", choices=("pretrain-info", "finetune", "merge", "report"))
-    p.add_argument("--results", default="runs/vision", help="results directory")
+    p.add_argument("--results", default="results/vision",
+                   help="result JSONs: <results>/<task>/<optimizer>.json, <results>/merge_<optimizer>.json")
+    p.add_argument("--artifacts", default="runs/vision",
+                   help="task vectors, gradients, probe heads, checkpoints (large; runs/ is git-ignored): "
+                        "<artifacts>/<task>/<optimizer>/tau_epochKKK.safetensors, .../checkpoint.pt")
     p.add_argument("--tasks", type=_list(tuple(TASKS)), default=list(TASKS), help="comma list or 'all'")
     p.add_argument("--optimizers", type=_list(OPTIMIZERS), default=list(OPTIMIZERS), help="comma list or 'all'")
     p.add_argument("--epochs", type=int, default=10)
@@ -346,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--alpha-grid", type=lambda s: [float(v) for v in s.split(",")], default=list(DEFAULT_ALPHA_GRID))
     p.add_argument("--no-second-order", action="store_true", help="skip the HVP second-order term")
-    p.add_argument("--quick", action="store_true", help=f"tiny config: {QUICK}")
+    p.add_argument("--quick", action="store_true", help=f"tiny config, overriding those flags: {QUICK}")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--pretrained", default=None, help="encoder safetensors (default small_models/vit_cifar5)")
@@ -371,8 +384,14 @@ def main(argv=None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     ctx = init_from_env()
-    return {"pretrain-info": cmd_pretrain_info, "finetune": cmd_finetune, "merge": cmd_merge,
-            "report": cmd_report}[args.command](args, ctx)
+    from ..vision.datasets import DatasetError
+
+    try:
+        return {"pretrain-info": cmd_pretrain_info, "finetune": cmd_finetune, "merge": cmd_merge,
+                "report": cmd_report}[args.command](args, ctx)
+    except (FileNotFoundError, DatasetError) as e:     # missing weights or data: a message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
