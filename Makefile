@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test verify unit bench figures figures-quick clean
+.PHONY: setup run test verify unit bench figures figures-quick vision vision-quick clean
 
 # torch is installed first and pinned exactly: this machine has the 2.13.0 CPU wheel on disk, while an
 # unpinned or ranged torch would pull a multi-GB CUDA build.
@@ -35,6 +35,16 @@ figures: setup
 
 figures-quick: setup
 	$(BIN)/python -m paper_figures.make_all --quick
+
+VISION := $(BIN)/python -m tvtheory.experiments.vision
+
+vision-quick: setup
+	$(VISION) finetune --quick --results results/vision-quick --artifacts runs/vision-quick
+	$(VISION) merge --quick --results results/vision-quick --artifacts runs/vision-quick
+	$(VISION) report --results results/vision-quick
+
+vision: setup
+	$(VISION) finetune && $(VISION) merge && $(VISION) report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
