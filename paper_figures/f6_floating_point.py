@@ -126,7 +126,7 @@ def draw(result: dict):
         ax.set_title(f"{dtype} ($u = {u}$): max $|r_i|$/model$_i$ = {worst['max_ratio']:.3f}")
         zeros = ", ".join(f"{100 * r['exact_zero'] / r['num_params']:.0f}%" for r in runs)
         below = sum(r["below_range"] for r in runs)
-        lines = [f"not shown: $r_i$ = 0 exactly", f"({zeros} of coordinates)"]
+        lines = ["not shown: $r_i$ = 0 exactly", f"({zeros} of coordinates)"]
         if below:
             lines.append(f"and {below} with ratio < {edges[0]:.0e}")
         ax.text(0.03, 0.38, "\n".join(lines), transform=ax.transAxes, fontsize=11.5, va="center", ha="left",

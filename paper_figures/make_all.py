@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from . import figures, style
-from .results import load_or_compute, render_numbers, result_path, write_text_atomic
+from tvtheory.io import write_text_atomic
+
+from .results import load_or_compute, render_numbers, result_path
 
 
 def build_parser() -> argparse.ArgumentParser:

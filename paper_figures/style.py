@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from tvtheory.io import atomic_path
 
 import matplotlib
 
@@ -87,18 +88,10 @@ def note(ax, text: str, loc: str = "upper left", **kwargs) -> None:
 
 
 def _atomic_savefig(fig, path: Path, fmt: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        # fixed metadata: the same figure gives the same bytes, so re-running does not churn git
-        metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+    # fixed metadata: the same figure gives the same bytes, so re-running does not churn git
+    metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, metadata=metadata)
-        os.chmod(tmp, 0o644)        # mkstemp creates 0600; figures are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save(fig, name: str, out_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -245,6 +245,9 @@ def test_hessian_bound_recursion_by_hand():
     y = torch.tensor([[12.0]], dtype=torch.float64)               # ||y|| = 12
     c2 = ACTIVATIONS["tanh"].c2
     norms = LayerNorms(torch.tensor([2.0, 3.0], dtype=torch.float64), torch.tensor([0.0, 4.0], dtype=torch.float64))
+    measured = layer_norms(config, theta)              # the same norms, rounded up by a few units of 2^-53
+    assert torch.all(measured.weight >= norms.weight) and torch.all(measured.weight <= norms.weight * (1 + 1e-12))
+    assert torch.all(measured.bias >= norms.bias) and torch.all(measured.bias <= norms.bias * (1 + 1e-12))
     b = mlp_hessian_bound(config, get_loss("mse"), x, y, norms)
     a0, s1, s2, beta1, beta2 = 5.0, 2.0, 3.0, 0.0, 4.0
     J1 = math.sqrt(a0 ** 2 + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import stat
 
@@ -66,10 +67,13 @@ def test_interrupt_during_write_leaves_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "r.json"
     path.write_text('{"v": 0}')
 
-    def boom(*args, **kwargs):
+    real_write_text = Path.write_text
+
+    def half_then_interrupt(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(json, "dump", boom)
+    monkeypatch.setattr(Path, "write_text", half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_json_atomic(path, {"v": 1})
     assert path.read_text() == '{"v": 0}'

@@ -8,8 +8,9 @@ import os
 import platform
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def versions() -> dict[str, str]:
@@ -34,19 +35,34 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
-    """Write JSON to a temporary file in the target folder, then rename it into place (atomic)."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` (mode 0644), atomically.
+
+    Whatever the block writes to the temporary path appears at ``path`` all at once or not at all: on an
+    error the temporary file is removed and an existing file at ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
+        yield tmp
         os.chmod(tmp, 0o644)   # mkstemp creates 0600; result files are meant to be shared
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(payload), f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write text to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
+    """Write JSON atomically (NaN written as null, infinities as "inf" / "-inf")."""
+    return write_text_atomic(path, json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")

@@ -24,7 +24,6 @@ Files in ``run_dir``: ``tau_epoch{k:03d}.safetensors`` (named encoder tensors), 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..io import atomic_path
 from ..fp import check_t1
 from ..params import ParamLayout, flat_grads, flat_params, load_flat_
 from ..task_vectors import task_vector
@@ -118,9 +118,8 @@ def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: to
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_vector(path: Path, v: torch.Tensor, layout: ParamLayout) -> None:
@@ -128,9 +127,8 @@ def save_vector(path: Path, v: torch.Tensor, layout: ParamLayout) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: t.detach().cpu().contiguous().clone() for k, t in layout.unflatten(v).items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def load_vector(path: Path, layout: ParamLayout) -> torch.Tensor:

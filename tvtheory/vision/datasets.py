@@ -51,7 +51,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +90,8 @@ SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 _ENTRY_RE = re.compile(r"^(train|test)/(\d{3})_([a-z0-9_]+)/([^/]+)$")
 _CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+
+from ..io import atomic_path
 
 
 class DatasetError(ValueError):
@@ -314,17 +315,8 @@ def _read_cache(path: Path, sha256: str, image_size: int) -> tuple[np.ndarray, n
 
 def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, sha256: str, image_size: int) -> None:
     """Write the arrays atomically: a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, x=x, y=y, sha256=np.asarray(sha256), image_size=np.asarray(image_size))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:   # a file object: np.savez would append .npz to a name
+        np.savez(f, x=x, y=y, sha256=np.asarray(sha256), image_size=np.asarray(image_size))
 
 
 def _class_indices(info: dict, classes: Sequence[str]) -> list[int]:
