@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io import atomic_path
+
 __all__ = [
     "ViTConfig",
     "ViT",
@@ -228,11 +230,9 @@ def save_encoder(model: ViT, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {CONFIG_METADATA_KEY: json.dumps(replace(model.config, num_classes=0).to_dict(), sort_keys=True)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(encoder_state_dict(model), str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(encoder_state_dict(model), str(tmp), metadata=meta)
     return path
 
 
