@@ -1,0 +1,652 @@
+"""Benchmark of the curvature checks: gradient, HVP, the T4 bound, the dense Hessian and Lanczos.
+
+    python benchmarks/bench_curvature.py                       # full run (see docs/performance.md)
+    python benchmarks/bench_curvature.py --sizes 1e3,1e4 --dtypes float64 --repeats 3 --no-cli --no-tests
+
+For MLPs (tanh, cross-entropy, 10 classes) of about 1e3 .. 1e6 parameters and N random examples, it
+measures, after warm-up, the median wall time over several repeats of
+  grad      one gradient, ``torch.func.grad`` of the Objective (tvtheory.curvature.gradient)
+  hvp       one Hessian-vector product (tvtheory.curvature.hvp, forward-over-reverse)
+  hvp_rr    prototype: the same product by reverse-over-reverse, vjp(grad(f), theta)[1](v) (H symmetric)
+  t4        the T4 bound: layer_norms + mlp_hessian_bound (plus each part alone)
+  t4_gram   the same bound with a prototype of layer_norms (Gram matrix + Lanczos estimate +
+            Cholesky certificate, below) instead of a full SVD per weight matrix
+  dense     dense_hessian (only where P <= 5,000, the library's guard; skipped above)
+  dense_chunked  prototype: the dense Hessian as vmap of hvp_rr over the unit vectors, in chunks of
+            --dense-chunk columns (bounded memory), symmetrised like dense_hessian
+  lanczos   hessian_spectral_norm(method='lanczos'), with the number of Hessian products it used (the
+            matvecs of tvtheory.curvature.hessian_operator) and the time of one such product
+and the peak resident memory (ru_maxrss) of each measurement. Every (size, dtype, check) runs in its own
+subprocess, so each peak belongs to one check; "extra" is the peak minus the RSS after the setup.
+It also times the CLI default (``python -m tvtheory.bound --no-progress``) and ``pytest verification/``,
+``pytest tests/``. Results go to a JSON file (written atomically, with the config and library versions)
+and a Markdown table is printed. This is a script, not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Widths (n_0, ..., n_L) whose parameter counts are about the named size (tanh MLPs, 10 classes).
+PRESETS: dict[str, tuple[int, ...]] = {
+    "1e3": (64, 14, 10),            # P = 1,060
+    "5e3": (64, 64, 10),            # P = 4,810   (largest preset under the dense-Hessian guard)
+    "1e4": (64, 128, 10),           # P = 9,610
+    "1e5": (784, 128, 10),          # P = 101,770
+    "1e6": (784, 1024, 256, 10),    # P = 1,068,810
+}
+CHECKS = ("grad", "hvp", "hvp_rr", "t4", "t4_gram", "dense", "dense_chunked", "lanczos")
+U64 = 2.0 ** -53
+EIGVALSH_MAX = 256     # Gram prototype: estimate lambda_max by eigvalsh up to this size, Lanczos above
+
+
+def num_params(widths) -> int:
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Prototype: a certified upper bound on ||W||_2 without an SVD (candidate replacement for the
+# matrix_norm(ord=2) call in tvtheory.bounds.layer_norms).
+#
+#   1. G = fl(W^T W) (or W W^T, the smaller side k = min(m, n)), one GEMM; every entry has
+#      |fl(G)_ij - G_ij| <= gamma_K (|W|^T |W|)_ij (K = the inner dimension, any summation order), so
+#      ||fl(G) - G||_2 <= ||.||_F <= gamma_K ||W||_F^2.
+#   2. mu = an estimate of lambda_max(G) from a few Lanczos steps, plus a margin (only the speed of the
+#      certificate depends on the estimate; a poor estimate makes step 3 fail and the margin grows).
+#   3. Cholesky of A = fl(mu I - G) (lower triangle). If it runs to completion, R^T R = A + dA with
+#      |dA| <= gamma_{k+1} |R^T||R| (Demmel; Higham, ASNA Thm 10.5), hence
+#      lambda_min(A) >= -gamma_{k+1}/(1 - gamma_{k+1}) tr(A) (the argument of Rump's isspd), and
+#      lambda_max(G) <= mu + alpha tr(A) + 2u max_i A_ii + gamma_K ||W||_F^2 (the 2u term: the rounding
+#      of the diagonal mu - G_ii). We use alpha = 16 gamma_{k+1}, a 16x safety factor.
+#   0. W is scaled by an exact power of two first (max |w_ij| in [0.5, 1)), so nothing overflows.
+#   4. s = sqrt(that) * (1 + 64u) >= ||W||_2: a rigorous upper bound under the standard model of
+#      floating-point arithmetic, without the backward-error constant of an SVD.
+# Power iteration / Lanczos alone would give a LOWER estimate; the Cholesky step is what makes it an
+# upper bound. Cost: 2 K k^2 (GEMM) + k^3/3 (Cholesky) + O(steps k^2), all BLAS-3 but the last.
+# --------------------------------------------------------------------------------------------------
+
+def _gamma(j: int) -> float:
+    return j * U64 / (1.0 - j * U64)
+
+
+def _lanczos_top(G, steps: int, seed: int = 0):
+    """Largest Ritz value of symmetric G after `steps` Lanczos steps (full reorthogonalisation), and
+    the residual norm of its Ritz vector. A lower estimate of lambda_max(G), not a bound."""
+    import torch
+
+    k = G.shape[0]
+    steps = max(1, min(steps, k))
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(k, generator=gen, dtype=G.dtype)
+    Q = torch.empty(steps, k, dtype=G.dtype)
+    alpha = torch.empty(steps, dtype=G.dtype)
+    beta = torch.zeros(steps, dtype=G.dtype)
+    q = q / torch.linalg.vector_norm(q)
+    m = steps
+    for j in range(steps):
+        Q[j] = q
+        w = G @ q
+        alpha[j] = q @ w
+        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)          # full reorthogonalisation (twice is enough)
+        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        b = torch.linalg.vector_norm(w)
+        if j + 1 < steps:
+            if b <= 1e-14 * abs(float(alpha[: j + 1].abs().max())):   # invariant subspace found
+                m = j + 1
+                break
+            beta[j] = b
+            q = w / b
+        else:
+            beta[j] = b
+    T = torch.diag(alpha[:m]) + torch.diag(beta[: m - 1], 1) + torch.diag(beta[: m - 1], -1)
+    evals, evecs = torch.linalg.eigh(T)
+    theta = float(evals[-1])
+    resid = float(beta[m - 1] * evecs[-1, -1].abs()) if m == steps else 0.0
+    return theta, resid
+
+
+def spectral_norm_upper(w, steps: int = 64, rel_margin: float = 1e-9) -> tuple[float, int]:
+    """A certified upper bound on ||w||_2 (w float64) and the number of Cholesky attempts it took.
+
+    w is first scaled by an exact power of two so that max|w_ij| is in [0.5, 1): G cannot overflow, and
+    the bound is scaled back exactly. (Entries that underflow in the scaling, and products that underflow
+    in G, are covered by absolute terms of size 2^-1074; they are negligible.)
+    """
+    import torch
+
+    m, n = w.shape
+    absmax = float(w.abs().max()) if w.numel() else 0.0
+    if not math.isfinite(absmax):
+        return float("inf"), 0
+    if absmax == 0.0:
+        return 0.0, 0
+    e = math.frexp(absmax)[1]                  # absmax = f * 2^e with f in [0.5, 1)
+    ws = torch.ldexp(w, torch.tensor(-e, dtype=torch.float64))
+    tiny = 2.0 ** -1074
+    G = ws.T @ ws if m >= n else ws @ ws.T
+    k, K = G.shape[0], max(m, n)
+    fro2 = float((ws * ws).sum()) * (1.0 + 2 * _gamma(m * n + 1)) + m * n * tiny
+    err_g = _gamma(K) * fro2 + 2 * k * K * tiny
+    scale_err = math.sqrt(m * n) * tiny        # ||w_scaled - w / 2^e||_F (entries lost to underflow)
+    if k == 1:                                  # 1 x 1: G is the number ||ws||^2 itself
+        bound = (math.sqrt(float(G[0, 0]) + err_g) + scale_err) * (1 + 64 * U64)
+        return math.ldexp(bound, e), 0
+    lower = torch.tril(G)
+    G_sym = lower + torch.tril(lower, -1).T      # the symmetric matrix Cholesky sees (lower triangle)
+    if k <= EIGVALSH_MAX:                         # small: a dense eigensolver is the cheapest estimate
+        theta, resid = float(torch.linalg.eigvalsh(G_sym)[-1]), 0.0
+    else:
+        theta, resid = _lanczos_top(G_sym, steps)
+    margin = max(2.0 * resid, rel_margin * abs(theta), 1e-200)
+    for attempt in range(1, 9):
+        mu = theta + margin
+        A = -G_sym
+        A.diagonal().add_(mu)
+        _, info = torch.linalg.cholesky_ex(A)
+        if int(info) == 0:
+            diag = A.diagonal()
+            tr = float(diag.sum()) * (1.0 + 2 * _gamma(k))
+            bound2 = mu + 16 * _gamma(k + 1) * tr + 2 * U64 * float(diag.max()) + err_g
+            bound2 += 4 * (k + 2) ** 2 * tiny               # gradual underflow in the Cholesky (Rump)
+            bound = (math.sqrt(bound2) + scale_err) * (1 + 64 * U64)
+            return math.ldexp(bound, e), attempt
+        margin *= 1e3
+    # no certificate (not seen in practice): fall back to the library's SVD path
+    return float(torch.linalg.matrix_norm(w, ord=2)) * (1.0 + 64 * max(m, n) * U64), 0
+
+
+def layer_norms_gram(config, theta, steps: int = 64):
+    """Drop-in prototype of tvtheory.bounds.layer_norms with spectral_norm_upper instead of an SVD."""
+    import torch
+
+    from tvtheory.bounds import LayerNorms, mlp_layers
+
+    weight, bias, attempts = [], [], []
+    for w, b in mlp_layers(config, theta.detach().double()):
+        s, a = spectral_norm_upper(w, steps)
+        weight.append(torch.tensor(s, dtype=torch.float64))
+        attempts.append(a)
+        bias.append(torch.linalg.vector_norm(b) * (1.0 + 64 * b.numel() * U64) if b is not None
+                    else torch.zeros((), dtype=torch.float64))
+    return LayerNorms(torch.stack(weight), torch.stack(bias)), attempts
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker: one check on one (size, dtype), in its own process.
+# --------------------------------------------------------------------------------------------------
+
+def _rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+
+
+def _time(fn, warmup: int, repeats: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        last = fn()
+        samples.append(time.perf_counter() - t0)
+    _time.last = last
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
+            "samples_s": samples, "repeats": repeats, "warmup": warmup}
+
+
+def hvp_revrev(f, theta, v):
+    """H v by reverse-over-reverse: the vjp of grad f along v (= H^T v = H v, H being symmetric)."""
+    from torch.func import grad, vjp
+
+    return vjp(grad(f), theta)[1](v.to(theta.dtype))[0]
+
+
+def dense_hessian_chunked(f, theta, chunk: int):
+    """H column block by column block: vmap of hvp_revrev over unit vectors, `chunk` at a time."""
+    import torch
+    from torch.func import vmap
+
+    p = theta.numel()
+    cols = [vmap(lambda e: hvp_revrev(f, theta, e))(torch.eye(p, dtype=theta.dtype)[i:i + chunk])
+            for i in range(0, p, chunk)]
+    h = torch.cat(cols)
+    return 0.5 * (h + h.T)
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import tvtheory.curvature as curv
+    from tvtheory.bounds import layer_norms, mlp_hessian_bound
+    from tvtheory.losses import get_loss
+    from tvtheory.models import make_mlp
+    from tvtheory.objective import Objective
+    from tvtheory.params import flat_params
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[spec["dtype"]]
+    widths, n, check = tuple(spec["widths"]), spec["n"], spec["check"]
+    model = make_mlp(widths, "tanh", seed=spec["seed"], dtype=dtype)
+    gen = torch.Generator().manual_seed(spec["seed"] + 1)
+    x = torch.randn(n, widths[0], generator=gen, dtype=torch.float64).to(dtype)
+    y = torch.randint(0, widths[-1], (n,), generator=gen)
+    loss = get_loss("ce")
+    f = Objective(model, loss, x, y)
+    theta = flat_params(model)
+    v = torch.randn(theta.numel(), generator=gen, dtype=torch.float64).to(dtype)
+    warmup, repeats = spec["warmup"], spec["repeats"]
+    out: dict = {"num_params": theta.numel()}
+    base = _rss_peak_mib()
+
+    if check == "grad":
+        out["time"] = _time(lambda: curv.gradient(f, theta), warmup, repeats)
+    elif check == "hvp":
+        out["time"] = _time(lambda: curv.hvp(f, theta, v), warmup, repeats)
+    elif check == "hvp_rr":
+        out["time"] = _time(lambda: hvp_revrev(f, theta, v), warmup, repeats)
+        ref = curv.hvp(f, theta, v)
+        out["rel_diff_vs_library_hvp"] = float(torch.linalg.vector_norm(_time.last - ref)
+                                               / torch.linalg.vector_norm(ref))
+    elif check in ("t4", "t4_gram"):
+        config = model.config
+        if check == "t4":
+            norms_fn = lambda: layer_norms(config, theta)                      # noqa: E731
+        else:
+            norms_fn = lambda: layer_norms_gram(config, theta, spec["gram_steps"])[0]  # noqa: E731
+        out["time"] = _time(lambda: mlp_hessian_bound(config, loss, x, y, norms_fn()), warmup, repeats)
+        out["time_norms"] = _time(norms_fn, warmup, repeats)
+        norms = norms_fn()
+        out["time_recursion"] = _time(lambda: mlp_hessian_bound(config, loss, x, y, norms), warmup, repeats)
+        out["bound_M"] = mlp_hessian_bound(config, loss, x, y, norms).mean
+        out["weight_norm_bounds"] = [float(s) for s in norms.weight]
+        if check == "t4_gram":
+            ref = layer_norms(config, theta).weight
+            svd = [float(torch.linalg.matrix_norm(w, ord=2)) for w, _ in _layers(config, theta)]
+            out["cholesky_attempts"] = layer_norms_gram(config, theta, spec["gram_steps"])[1]
+            out["library_weight_norm_bounds"] = [float(s) for s in ref]
+            out["svd_values"] = svd
+            # the prototype must be an upper bound: >= the (float64) SVD value, and close to it
+            out["upper_bound_holds"] = all(g >= s for g, s in zip(out["weight_norm_bounds"], svd))
+            out["max_rel_excess_over_svd"] = max((g - s) / s for g, s in zip(out["weight_norm_bounds"], svd))
+    elif check == "dense":
+        if theta.numel() > curv.DENSE_HESSIAN_MAX_PARAMS:
+            out["skipped"] = f"P = {theta.numel()} > {curv.DENSE_HESSIAN_MAX_PARAMS} (the dense_hessian guard)"
+        else:
+            curv.hvp(f, theta, v)                                        # warm the kernels
+            out["time"] = _time(lambda: curv.dense_hessian(f, theta), 0, spec["heavy_repeats"])
+            h = _time.last
+            out["hessian_norm_dense"] = float(torch.linalg.eigvalsh(h.double()).abs().max())
+    elif check == "dense_chunked":
+        if theta.numel() > curv.DENSE_HESSIAN_MAX_PARAMS:
+            out["skipped"] = f"P = {theta.numel()} > {curv.DENSE_HESSIAN_MAX_PARAMS} (the dense_hessian guard)"
+        else:
+            hvp_revrev(f, theta, v)
+            out["time"] = _time(lambda: dense_hessian_chunked(f, theta, spec["dense_chunk"]), 0,
+                                spec["heavy_repeats"])
+            out["hessian_norm_dense"] = float(torch.linalg.eigvalsh(_time.last.double()).abs().max())
+            out["chunk"] = spec["dense_chunk"]
+    elif check == "lanczos":
+        # count operator products: wrap the LinearOperator that hessian_spectral_norm builds (looked up
+        # as tvtheory.curvature.hessian_operator at call time), so every matvec it does is counted
+        from scipy.sparse.linalg import LinearOperator
+
+        counter = {"n": 0}
+        orig_op = curv.hessian_operator
+
+        def counting_operator(*a, **kw):
+            op = orig_op(*a, **kw)
+
+            def mv(x):
+                counter["n"] += 1
+                return op.matvec(x)
+
+            return LinearOperator(op.shape, matvec=mv, rmatvec=mv, dtype=op.dtype)
+
+        curv.hessian_operator = counting_operator
+        curv.hvp(f, theta, v)            # warm the kernels
+        counts, values = [], []
+
+        def run():
+            counter["n"] = 0
+            values.append(curv.hessian_spectral_norm(f, theta, method="lanczos", tol=spec["lanczos_tol"],
+                                                     maxiter=spec["lanczos_maxiter"]))
+            counts.append(counter["n"])
+
+        try:
+            out["time"] = _time(run, 0, spec["heavy_repeats"])
+        finally:
+            curv.hessian_operator = orig_op
+        out["hvps"] = counts
+        out["hessian_norm_lanczos"] = values[-1]
+        # time of one product of the operator (graph built once, one backward per product)
+        op = orig_op(f, theta)
+        x0 = v.double().numpy()
+        out["time_operator_matvec"] = _time(lambda: op.matvec(x0), 1, spec["repeats"])
+    else:
+        raise ValueError(f"unknown check {check!r}")
+    out["rss_base_mib"] = base
+    out["rss_peak_mib"] = _rss_peak_mib()
+    out["rss_extra_mib"] = out["rss_peak_mib"] - base
+    return out
+
+
+def _layers(config, theta):
+    from tvtheory.bounds import mlp_layers
+
+    return mlp_layers(config, theta.detach().double())
+
+
+def profile_hvp(widths, n: int, dtype_name: str, threads: int | None, repeats: int) -> dict:
+    """torch.profiler view of grad, hvp (library) and hvp_rr: GEMM calls, GEMM self time, profiler FLOPs."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    if threads:
+        torch.set_num_threads(threads)
+    import tvtheory.curvature as curv
+    from tvtheory.losses import get_loss
+    from tvtheory.models import make_mlp
+    from tvtheory.objective import Objective
+    from tvtheory.params import flat_params
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[dtype_name]
+    model = make_mlp(widths, "tanh", dtype=dtype)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, widths[0], generator=gen, dtype=torch.float64).to(dtype)
+    y = torch.randint(0, widths[-1], (n,), generator=gen)
+    f = Objective(model, get_loss("ce"), x, y)
+    theta = flat_params(model)
+    v = torch.randn(theta.numel(), generator=gen, dtype=torch.float64).to(dtype)
+    fns = {"grad": lambda: curv.gradient(f, theta), "hvp (library, fwd-over-rev)": lambda: curv.hvp(f, theta, v),
+           "hvp_rr (rev-over-rev)": lambda: hvp_revrev(f, theta, v)}
+    out = {}
+    for name, fn in fns.items():
+        fn()
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            for _ in range(repeats):
+                fn()
+        ev = [e for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm")]
+        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        out[name] = {"gemm_calls": sum(e.count for e in ev) / repeats,
+                     "gemm_self_ms": sum(e.self_cpu_time_total for e in ev) / repeats / 1e3,
+                     "all_ops_self_ms": total / repeats / 1e3,
+                     "profiler_gflop": sum(e.flops or 0 for e in ev) / repeats / 1e9}
+    return out
+
+
+def run_worker(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
+               OPENBLAS_NUM_THREADS=str(spec["threads"]))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = time.perf_counter() - t0
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands: the CLI default and the test suites, wall time.
+# --------------------------------------------------------------------------------------------------
+
+def time_command(cmd: list[str], runs: int, timeout: float, threads: int | None = None) -> dict:
+    walls, codes = [], []
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+            codes.append(proc.returncode)
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+            tail = [f"timed out after {timeout:.0f} s"]
+        walls.append(time.perf_counter() - t0)
+    return {"command": " ".join(cmd), "wall_s": walls, "median_wall_s": statistics.median(walls),
+            "exit_codes": codes, "last_line": tail[0]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def parse_sizes(text: str) -> dict[str, tuple[int, ...]]:
+    """'1e3,1e6' (preset names) or explicit widths '64,14,10;784,128,10'."""
+    if ";" in text or text.count(",") >= 2 and all(p.strip().isdigit() for p in text.split(",")):
+        out = {}
+        for part in text.split(";"):
+            widths = tuple(int(w) for w in part.split(","))
+            out[f"{num_params(widths):.0e}".replace("+0", "")] = widths
+        return out
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in PRESETS]
+    if unknown:
+        raise SystemExit(f"unknown sizes {unknown}; presets: {', '.join(PRESETS)} (or widths like 64,14,10;64,64,10)")
+    return {s: PRESETS[s] for s in names}
+
+
+def fmt_ms(t: dict | None) -> str:
+    return "n/a" if not t else f"{t['median_s'] * 1e3:.3g}"
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    rows = []
+    for r in results:
+        c = r["checks"]
+
+        def med(name, key="time"):
+            x = c.get(name, {}).get(key)
+            return x.get("median_s") if isinstance(x, dict) else None
+
+        def ms(x):
+            return None if x is None else x * 1e3
+
+        def ratio(a, b):
+            return a / b if a is not None and b else None
+
+        g, h, hrr, t4, t4g = med("grad"), med("hvp"), med("hvp_rr"), med("t4"), med("t4_gram")
+        rows.append({
+            "size": r["size"], "widths": r["widths"], "P": r["num_params"], "N": r["n"], "dtype": r["dtype"],
+            "grad_ms": ms(g), "hvp_ms": ms(h), "hvp_over_grad": ratio(h, g),
+            "hvp_rr_ms": ms(hrr), "hvp_rr_over_grad": ratio(hrr, g),
+            "hvp_rr_rel_diff": c.get("hvp_rr", {}).get("rel_diff_vs_library_hvp"),
+            "t4_ms": ms(t4), "t4_over_grad": ratio(t4, g),
+            "t4_norms_ms": ms(med("t4", "time_norms")), "t4_recursion_ms": ms(med("t4", "time_recursion")),
+            "t4_gram_ms": ms(t4g), "t4_gram_over_grad": ratio(t4g, g),
+            "t4_gram_norms_ms": ms(med("t4_gram", "time_norms")),
+            "t4_gram_upper_bound_holds": c.get("t4_gram", {}).get("upper_bound_holds"),
+            "t4_gram_max_rel_excess": c.get("t4_gram", {}).get("max_rel_excess_over_svd"),
+            "dense_s": med("dense"), "dense_skipped": c.get("dense", {}).get("skipped"),
+            "dense_chunked_s": med("dense_chunked"),
+            "lanczos_ms": ms(med("lanczos")), "lanczos_hvps": c.get("lanczos", {}).get("hvps"),
+            "lanczos_matvec_ms": ms(med("lanczos", "time_operator_matvec")),
+            "hessian_norm_lanczos": c.get("lanczos", {}).get("hessian_norm_lanczos"),
+            "hessian_norm_dense": c.get("dense", {}).get("hessian_norm_dense"),
+            "t4_bound_M": c.get("t4", {}).get("bound_M"),
+            "peak_extra_mib": {k: v.get("rss_extra_mib") for k, v in c.items() if "time" in v},
+            "errors": {k: v["error"] for k, v in c.items() if "error" in v},
+        })
+    return rows
+
+
+def _f(x, spec=".3g"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Table 1: the library as it is. Table 2: the prototypes. Table 3: peak memory."""
+    out = []
+    head = ("| P | widths | N | dtype | grad ms | HVP ms | HVP/grad | T4 ms | T4/grad | T4: SVDs ms | "
+            "dense Hessian s | Lanczos ms / #HVP | Lanczos: ms per product |")
+    out += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        dense = "skipped (P > 5,000)" if r["dense_skipped"] else _f(r["dense_s"])
+        hv = r["lanczos_hvps"]
+        lan = "n/a" if r["lanczos_ms"] is None else f"{r['lanczos_ms']:.4g} / {statistics.median(hv):.0f}"
+        out.append(f"| {r['P']:,} | {','.join(map(str, r['widths']))} | {r['N']} | {r['dtype']} | "
+                   f"{_f(r['grad_ms'])} | {_f(r['hvp_ms'])} | {_f(r['hvp_over_grad'], '.2f')} | {_f(r['t4_ms'])} | "
+                   f"{_f(r['t4_over_grad'], '.2f')} | {_f(r['t4_norms_ms'])} | {dense} | {lan} | "
+                   f"{_f(r['lanczos_matvec_ms'])} |")
+    out.append("")
+    head = ("| P | dtype | HVP rev-over-rev ms | its /grad | T4 with Gram norms ms | its /grad | "
+            "Gram norm excess over SVD (max rel.) | upper bound holds | dense chunked s |")
+    out += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        dense = "skipped" if r["dense_skipped"] else _f(r["dense_chunked_s"])
+        out.append(f"| {r['P']:,} | {r['dtype']} | {_f(r['hvp_rr_ms'])} | {_f(r['hvp_rr_over_grad'], '.2f')} | "
+                   f"{_f(r['t4_gram_ms'])} | {_f(r['t4_gram_over_grad'], '.2f')} | "
+                   f"{_f(r['t4_gram_max_rel_excess'], '.1e')} | {r['t4_gram_upper_bound_holds']} | {dense} |")
+    out.append("")
+    keys = ("grad", "hvp", "hvp_rr", "t4", "t4_gram", "dense", "dense_chunked", "lanczos")
+    head = "| P | dtype | " + " | ".join(keys) + " |"
+    out += ["Peak RSS above the worker's post-setup RSS, MiB:", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        mem = r["peak_extra_mib"]
+        out.append(f"| {r['P']:,} | {r['dtype']} | " + " | ".join(_f(mem[k], ".0f") if k in mem else "-" for k in keys)
+                   + " |")
+    return "\n".join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--sizes", default=",".join(PRESETS),
+                   help=f"preset sizes ({', '.join(f'{k}={v}' for k, v in PRESETS.items())}) "
+                        "or explicit widths separated by ';'")
+    p.add_argument("--n", type=int, default=1024, help="N, random examples")
+    p.add_argument("--dtypes", default="float32,float64", help="comma-separated: float32, float64")
+    p.add_argument("--checks", default=",".join(CHECKS), help=f"comma-separated subset of {', '.join(CHECKS)}")
+    p.add_argument("--repeats", type=int, default=7, help="timed repeats of grad, HVP and T4 (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up calls before the repeats")
+    p.add_argument("--heavy-repeats", type=int, default=3,
+                   help="timed repeats of dense_hessian and Lanczos (after one warm-up HVP)")
+    p.add_argument("--lanczos-tol", type=float, default=1e-8, help="tol of hessian_spectral_norm (its default)")
+    p.add_argument("--lanczos-maxiter", type=int, default=None, help="maxiter of hessian_spectral_norm")
+    p.add_argument("--gram-steps", type=int, default=64, help="Lanczos steps of the Gram prototype's estimate")
+    p.add_argument("--dense-chunk", type=int, default=128, help="columns per vmap chunk of dense_chunked")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of every worker, the CLI and pytest (unset: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process")
+    p.add_argument("--cli-runs", type=int, default=3, help="wall-time runs of the CLI default (0: skip)")
+    p.add_argument("--no-cli", action="store_true", help="do not time the CLI")
+    p.add_argument("--no-tests", action="store_true", help="do not time pytest verification/ and tests/")
+    p.add_argument("--out", default=str(REPO / "runs" / "bench" / "curvature.json"), help="results JSON path")
+    p.add_argument("--profile-hvp", action="store_true",
+                   help="only profile grad / hvp / hvp_rr (torch.profiler) on the largest --sizes and first --dtypes")
+    p.add_argument("--table", default=None, metavar="JSON", help="only print the tables of an earlier results file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker is not None:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.profile_hvp:
+        widths = list(parse_sizes(args.sizes).values())[-1]
+        dtype = args.dtypes.split(",")[0].strip()
+        res = profile_hvp(widths, args.n, dtype, args.threads, args.repeats)
+        print(f"widths {widths}, N = {args.n}, {dtype}, per call (mean of {args.repeats}):")
+        for name, r in res.items():
+            print(f"  {name:28s} GEMM calls {r['gemm_calls']:4.0f}  GEMM self {r['gemm_self_ms']:8.1f} ms  "
+                  f"all ops self {r['all_ops_self_ms']:8.1f} ms  profiler GFLOP {r['profiler_gflop']:6.2f}")
+        return 0
+    if args.table is not None:
+        print(markdown_table(summary_rows(json.loads(Path(args.table).read_text())["results"])))
+        return 0
+
+    import torch
+
+    from tvtheory.io import versions, write_json_atomic
+
+    threads = args.threads or torch.get_num_threads()
+    sizes = parse_sizes(args.sizes)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    checks = [c.strip() for c in args.checks.split(",") if c.strip()]
+    bad = [c for c in checks if c not in CHECKS] + [d for d in dtypes if d not in ("float32", "float64")]
+    if bad:
+        raise SystemExit(f"unknown checks/dtypes {bad}")
+    busy = subprocess.run(["pgrep", "-f", "pretrain_vit"], capture_output=True, text=True).stdout.split()
+    busy = [p for p in busy if p != str(os.getpid())]
+    machine = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": threads,
+               "other_benchmark_load": f"pretrain_vit running (pids {busy})" if busy else None,
+               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print(f"# {machine['cpu']}, {threads} torch threads, torch {torch.__version__}"
+          + (f"  WARNING: {machine['other_benchmark_load']}" if busy else ""), flush=True)
+
+    config = {k: v for k, v in vars(args).items() if k != "worker"}
+    config.update({"threads": threads, "sizes": {k: list(v) for k, v in sizes.items()}, "activation": "tanh",
+                   "loss": "ce", "data": "x ~ N(0, 1), labels uniform over the classes"})
+    payload = {"config": config, "versions": versions(), "machine": machine, "results": [], "commands": {}}
+    for size, widths in sizes.items():
+        for dtype in dtypes:
+            entry = {"size": size, "widths": list(widths), "num_params": num_params(widths), "n": args.n,
+                     "dtype": dtype, "checks": {}}
+            for check in checks:
+                spec = {"check": check, "widths": list(widths), "n": args.n, "dtype": dtype, "seed": args.seed,
+                        "threads": threads, "warmup": args.warmup, "repeats": args.repeats,
+                        "heavy_repeats": args.heavy_repeats, "lanczos_tol": args.lanczos_tol,
+                        "lanczos_maxiter": args.lanczos_maxiter, "gram_steps": args.gram_steps,
+                        "dense_chunk": args.dense_chunk}
+                res = run_worker(spec, args.timeout)
+                entry["checks"][check] = res
+                brief = res.get("error") or res.get("skipped") or f"{fmt_ms(res.get('time'))} ms"
+                if check == "lanczos" and "hvps" in res:
+                    brief += f", {res['hvps']} HVPs"
+                print(f"P={entry['num_params']:>9,} {dtype} {check:>8}: {brief}", flush=True)
+            payload["results"].append(entry)
+            payload["summary"] = summary_rows(payload["results"])
+            write_json_atomic(args.out, payload)          # partial results survive an interruption
+
+    py = sys.executable
+    if not args.no_cli and args.cli_runs > 0:
+        payload["commands"]["cli_default"] = time_command([py, "-m", "tvtheory.bound", "--no-progress"],
+                                                          args.cli_runs, args.timeout, args.threads)
+    if not args.no_tests:
+        for name in ("verification", "tests"):
+            if (REPO / name).is_dir():
+                payload["commands"][f"pytest_{name}"] = time_command([py, "-m", "pytest", "-q", f"{name}/"], 1,
+                                                                     args.timeout * 4, args.threads)
+    for name, c in payload["commands"].items():
+        print(f"{name}: wall {', '.join(f'{w:.2f}' for w in c['wall_s'])} s (exit {c['exit_codes']}) "
+              f"-- {c['last_line']}", flush=True)
+    payload["summary"] = summary_rows(payload["results"])
+    payload["markdown_table"] = markdown_table(payload["summary"])
+    payload["machine"]["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json_atomic(args.out, payload)
+    print()
+    print(payload["markdown_table"])
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
