@@ -31,3 +31,22 @@ def tiny_model(classes: int = 3, seed: int = 0, dtype=torch.float64) -> FrozenHe
     g = torch.Generator().manual_seed(seed + 100)
     return FrozenHeadClassifier(enc, torch.randn(classes, TINY.dim, generator=g, dtype=dtype),
                                 torch.randn(classes, generator=g, dtype=dtype))
+
+
+def write_image_folder(root, classes=("circle", "square", "star"), counts=(("train", 10), ("test", 3)),
+                       size: int = 12, seed: int = 0):
+    """Tiny RGB PNGs at ``root/<split>/<class>/<i>.png`` (a --task-folder task); class k is brightest in
+    channel k % 3, so the classes are learnable. Returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in counts:
+        for k, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                a = rng.integers(0, 128, (size, size, 3), dtype=np.uint8)
+                a[..., k % 3] += 127
+                Image.fromarray(a).save(folder / f"{i:03d}.png")
+    return root

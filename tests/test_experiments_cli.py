@@ -124,3 +124,48 @@ def test_missing_pretrained_weights_is_a_message(tmp_path, capsys):
                         "--artifacts", str(tmp_path), "--data-root", str(tmp_path),
                         "--pretrained", str(tmp_path / "absent.safetensors")])
     assert code == 2 and "not found" in capsys.readouterr().err
+
+
+def _folder_run(tmp_path, *extra):
+    """finetune arguments for a tiny gd run writing under tmp_path."""
+    return ["finetune", "--optimizers", "gd", "--epochs", "2", "--max-train", "16", "--max-val", "8",
+            "--max-test", "16", "--batch-size", "8", "--lr-gd", "1e-3", "--no-progress",
+            "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts"), *extra]
+
+
+def test_task_folder_end_to_end(tmp_path):
+    """A --task-folder task goes through the built-in tasks' path: 10 % validation split, caps, probe, analysis;
+    its images are read at the encoder's image size (12 px PNGs, an 8 px encoder)."""
+    from experiments_helpers import tiny_encoder, write_image_folder
+
+    from tvtheory.vision.vit import save_encoder
+
+    root = write_image_folder(tmp_path / "shapes")                       # 3 classes, 10 train + 3 test each
+    weights = save_encoder(tiny_encoder(), tmp_path / "tiny.safetensors")
+    assert vision.main(_folder_run(tmp_path, "--pretrained", str(weights), "--task-folder", f"shapes={root}")) == 0
+    r = json.loads((tmp_path / "results" / "shapes" / "gd.json").read_text())
+    assert r["task"] == "shapes" and r["config"]["tasks"] == ["shapes"]
+    assert r["config"]["task_folder"] == {"shapes": str(root)}
+    assert r["data"]["num_classes"] == 3 and r["data"]["num_test"] == 9
+    assert r["data"]["available_train"] == 27 and r["data"]["num_train"] == 16    # 30 - 3 validation, capped
+    assert r["data"]["num_val"] == 3 and len(r["records"]) == 2 and r["t1_check"]["holds"]
+
+
+def test_task_folder_errors(tmp_path, capsys):
+    from experiments_helpers import write_image_folder
+
+    root = write_image_folder(tmp_path / "shapes", counts=(("train", 2),))
+    write_image_folder(root, classes=("circle", "square", "moon"), counts=(("test", 1),))
+    assert vision.main(_folder_run(tmp_path, "--synthetic", "--task-folder", f"shapes={root}")) == 2
+    err = capsys.readouterr().err
+    assert str(root / "train") in err and str(root / "test") in err and "'moon'" in err and "'star'" in err
+    for folder, message in ((f"mnist={root}", "built-in task"), (f"a={tmp_path / 'nope'}", "no folders"),
+                            ("a", "expected NAME=PATH"), (f"../a={root}", "expected NAME=PATH")):
+        with pytest.raises(SystemExit) as e:
+            vision.main(_folder_run(tmp_path, "--synthetic", "--task-folder", folder))
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:                       # --tasks knows the folder tasks and the built-in ones
+        vision.main(_folder_run(tmp_path, "--synthetic", "--task-folder", f"shapes={root}", "--tasks", "shapes,x"))
+    assert e.value.code == 2 and "unknown ['x']" in capsys.readouterr().err
+    args = vision.parse_args(["finetune", "--task-folder", f"shapes={root}", "--tasks", "all"])
+    assert args.tasks[-1] == "shapes" and len(args.tasks) == 8

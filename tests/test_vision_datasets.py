@@ -265,6 +265,8 @@ def test_normalize():
     assert torch.allclose(mid, torch.tensor(expected, dtype=torch.float64))
     with pytest.raises(TypeError):
         normalize(x.float())
+    other = normalize(x, torch.float64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))     # another encoder's
+    assert other[1, :, 0, 0].tolist() == [2.0, 1.0, 0.5] and other[0, :, 0, 0].tolist() == [-2.0, -1.0, -0.5]
 
 
 def test_load_image_folder(tmp_path):
@@ -288,6 +290,21 @@ def test_load_image_folder(tmp_path):
         np.testing.assert_array_equal(x[1, c].numpy(), expected_gray)
     with pytest.raises(DatasetError, match="does not exist"):
         load_image_folder(tmp_path / "nope")
+
+
+def test_load_folder_task(tmp_path):
+    for split, n in (("train", 2), ("test", 1)):
+        for label, cname in enumerate(("b", "a")):
+            (tmp_path / split / cname).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(_rgb_image(label, i, size=40)).save(tmp_path / split / cname / f"{i}.png")
+    (x, y), (xt, yt), classes = ds.load_folder_task(tmp_path, image_size=16)
+    assert classes == ["a", "b"] and y.tolist() == [0, 0, 1, 1] and yt.tolist() == [0, 1]
+    assert x.shape == (4, 3, 16, 16) and xt.shape == (2, 3, 16, 16)
+    (tmp_path / "test" / "c").mkdir()
+    Image.fromarray(_gray_image(0, 0)).save(tmp_path / "test" / "c" / "0.png")
+    with pytest.raises(DatasetError, match=r"only in train: \[\], only in test: \['c'\]"):
+        ds.load_folder_task(tmp_path)
 
 
 REAL_ROOT = ds.repo_root().parent / "shared" / "data"

@@ -1,5 +1,11 @@
 """Vision finetuning experiments E1-E3 on the small pretrained ViT: ``python -m tvtheory.experiments.vision``.
 
+Your own model and data (the same pipeline, all tasks at the encoder's ``image_size``):
+  --pretrained open_clip:<model_name>:<checkpoint>   the image tower of a real CLIP (e.g. ViT-B-32, ViT-B-16) from
+                  a local open_clip checkpoint, inputs normalised with CLIP's statistics (needs the ``real`` extra)
+  --task-folder NAME=PATH   (repeatable) a task read from PATH/train/<class>/<image> and PATH/test/<class>/<image>;
+                  with it, --tasks defaults to the folder tasks
+
 Subcommands:
   pretrain-info   the pretrained encoder (config, size, provenance) and the seven tasks' data sizes
   finetune        per task: fit the frozen probe head at theta_0, finetune the encoder with gd / sgd / adamw,
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,14 +55,11 @@ def _subset(index: torch.Tensor, cap: int, seed: int) -> torch.Tensor:
 
 def load_task_data(task: str, args) -> dict:
     """train (capped) / val (10 % of train, seed 0, capped) / test (capped) as uint8 images + labels."""
-    if args.synthetic:
+    if args.synthetic and task not in args.task_folder:
         return _synthetic_task(task, args)
-    from ..vision.datasets import dataset_info, get_task, load_task, train_val_split
+    from ..vision.datasets import train_val_split
 
-    t = get_task(task)
-    classes = len(t.classes) if t.classes is not None else len(dataset_info(t.dataset, args.data_root)["classes"])
-    x, y = load_task(t, "train", root=args.data_root)
-    xt, yt = load_task(t, "test", root=args.data_root)
+    (x, y), (xt, yt), classes = _task_splits(task, args)
     tr, va = train_val_split(x.shape[0], 0.1, 0)
     available = int(tr.numel())
     tr, va = _subset(tr, args.max_train, args.seed), _subset(va, args.max_val, args.seed)
@@ -64,13 +68,28 @@ def load_task_data(task: str, args) -> dict:
             "available_train": available}
 
 
+def _task_splits(task: str, args) -> tuple[tuple, tuple, int]:
+    """(x, y) of the train and test splits at the encoder's image size, and the number of classes: read from
+    the task's --task-folder, or from the dataset zips for a built-in task."""
+    from ..vision.datasets import dataset_info, get_task, load_folder_task, load_task
+
+    size = _config(args).image_size
+    if task in args.task_folder:
+        train, test, classes = load_folder_task(args.task_folder[task], size)
+        return train, test, len(classes)
+    t = get_task(task)
+    classes = len(t.classes) if t.classes is not None else len(dataset_info(t.dataset, args.data_root)["classes"])
+    return (load_task(t, "train", root=args.data_root, image_size=size),
+            load_task(t, "test", root=args.data_root, image_size=size), classes)
+
+
 def _synthetic_task(task: str, args) -> dict:
     """Random uint8 images whose label is the brightest colour channel (smoke tests only)."""
     from ..vision.datasets import TASKS
 
     g = torch.Generator().manual_seed(1000 + sorted(TASKS).index(task) if task in TASKS else 999)
     n = args.max_train + args.max_val + args.max_test
-    size = _pretrained(args)[1].image_size
+    size = _config(args).image_size
     x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     y = x.double().mean((2, 3)).argmax(1)
     a, b = args.max_train, args.max_train + args.max_val
@@ -81,10 +100,12 @@ def _synthetic_task(task: str, args) -> dict:
 _PRETRAINED_CACHE: dict = {}
 
 
-def _pretrained(args):
-    """(encoder, config) of the pretrained ViT, or a seeded random tiny ViT with --synthetic."""
+def _load(args):
+    """(encoder, config), loaded once per process: a seeded random tiny ViT with --synthetic, the image tower of
+    a CLIP checkpoint with --pretrained open_clip:<model>:<path>, else a ViT written by save_encoder."""
     key = (args.synthetic, args.pretrained)
     if key not in _PRETRAINED_CACHE:
+        from ..vision.clip import OPEN_CLIP_PREFIX, load_open_clip, parse_open_clip_spec
         from ..vision.vit import ViT, ViTConfig, load_pretrained
 
         if args.synthetic:
@@ -93,16 +114,32 @@ def _pretrained(args):
                 torch.manual_seed(0)
                 enc = ViT(cfg)
             _PRETRAINED_CACHE[key] = (enc.eval(), cfg)
+        elif args.pretrained and args.pretrained.startswith(OPEN_CLIP_PREFIX):
+            _PRETRAINED_CACHE[key] = load_open_clip(*parse_open_clip_spec(args.pretrained))
         else:
             _PRETRAINED_CACHE[key] = load_pretrained(args.pretrained)
-    enc, cfg = _PRETRAINED_CACHE[key]
+    return _PRETRAINED_CACHE[key]
+
+
+def _pretrained(args):
+    """(a fresh copy of the pretrained encoder, its config)."""
+    enc, cfg = _load(args)
     return copy.deepcopy(enc), cfg
 
 
-def _prepare(dtype: torch.dtype):
-    from ..vision.datasets import normalize
+def _config(args):
+    """The pretrained encoder's config: ``image_size``, ``dim``, ``to_dict()``, and for CLIP ``mean`` / ``std``."""
+    return _load(args)[1]
 
-    return lambda xb: normalize(xb, dtype)
+
+def _prepare(args):
+    """uint8 images -> encoder input in --dtype, normalised with the encoder's statistics: ``config.mean`` /
+    ``config.std`` where the config has them (CLIP's), else CIFAR-10's (the small ViT was pretrained with them)."""
+    from ..vision.datasets import MEAN, STD, normalize
+
+    cfg, dtype = _config(args), _dtype(args)
+    mean, std = getattr(cfg, "mean", MEAN), getattr(cfg, "std", STD)
+    return lambda xb: normalize(xb, dtype, mean, std)
 
 
 def _dtype(args) -> torch.dtype:
@@ -120,7 +157,7 @@ def task_head(task: str, data: dict, args, ctx: DistContext) -> tuple[torch.Tens
         enc = enc.to(device=ctx.device, dtype=_dtype(args))
         x, y = data["train"]
         mine = shard(torch.arange(x.shape[0]), ctx)
-        z = features(enc, x[mine], args.chunk_size, _prepare(_dtype(args)))
+        z = features(enc, x[mine], args.chunk_size, _prepare(args))
         w, b, info = fit_probe(z, y[mine], data["num_classes"], ctx)
         model = FrozenHeadClassifier(enc, w, b)
         info["pretrained_accuracy"] = {s: _acc(model, data[s], ctx, args) for s in ("train", "val", "test")}
@@ -146,7 +183,7 @@ def task_head(task: str, data: dict, args, ctx: DistContext) -> tuple[torch.Tens
 def _acc(model, split_data, ctx, args) -> float:
     x, y = split_data
     mine = shard(torch.arange(x.shape[0]), ctx)
-    return accuracy(model, x[mine], y[mine], ctx, args.chunk_size, _prepare(_dtype(args)))
+    return accuracy(model, x[mine], y[mine], ctx, args.chunk_size, _prepare(args))
 
 
 def _model(args, ctx, head) -> FrozenHeadClassifier:
@@ -176,7 +213,7 @@ def run_finetune(task: str, opt: str, data: dict, head, args, ctx: DistContext) 
     layout = ParamLayout.of(model)
     theta0 = flat_params(model)
     x, y = data["train"]
-    prep = _prepare(_dtype(args))
+    prep = _prepare(args)
     result = finetune(model, x, y, cfg, run_dir, ctx, prep, progress=not args.no_progress,
                       stop_after=args.stop_after)
     if len(result.records) < cfg.epochs:                      # --stop-after: leave the checkpoint, no JSON
@@ -332,9 +369,15 @@ def _list(choices):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..vision.datasets import TASKS
+def _task_folder(s: str) -> tuple[str, str]:
+    """``NAME=PATH`` -> (NAME, PATH)."""
+    name, _, path = s.partition("=")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH with NAME of letters, digits, _ and -, got {s!r}")
+    return name, path
 
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tvtheory.experiments.vision", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("command", choices=("pretrain-info", "finetune", "merge", "report"))
@@ -343,7 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", default="runs/vision",
                    help="task vectors, gradients, probe heads, checkpoints (large; runs/ is git-ignored): "
                         "<artifacts>/<task>/<optimizer>/tau_epochKKK.safetensors, .../checkpoint.pt")
-    p.add_argument("--tasks", type=_list(tuple(TASKS)), default=list(TASKS), help="comma list or 'all'")
+    p.add_argument("--tasks", default=None,
+                   help="comma list or 'all' (default: the --task-folder tasks if any, else the seven built-in ones)")
+    p.add_argument("--task-folder", type=_task_folder, action="append", default=[], metavar="NAME=PATH",
+                   help="add task NAME with images PATH/train/<class>/<image> and PATH/test/<class>/<image> "
+                        "(repeatable)")
     p.add_argument("--optimizers", type=_list(OPTIMIZERS), default=list(OPTIMIZERS), help="comma list or 'all'")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr-gd", type=float, default=0.1)
@@ -362,15 +409,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help=f"tiny config, overriding those flags: {QUICK}")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--pretrained", default=None, help="encoder safetensors (default small_models/vit_cifar5)")
-    p.add_argument("--synthetic", action="store_true", help="random tiny ViT + random images: smoke test only")
+    p.add_argument("--pretrained", default=None,
+                   help="encoder safetensors written by save_encoder (default small_models/vit_cifar5), or a CLIP "
+                        "image tower from a local checkpoint: open_clip:<model_name>:<path> (needs open_clip)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="random tiny ViT + random images for the built-in tasks: smoke test only")
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt a run
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    """The parsed command line; ``args.task_folder`` becomes {name: path} and ``args.tasks`` a list of names."""
+    from ..vision.clip import OPEN_CLIP_PREFIX, parse_open_clip_spec
+    from ..vision.datasets import TASKS
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    folders: dict[str, str] = {}
+    for name, path in args.task_folder:
+        if name in TASKS or name in folders or name == "all":
+            parser.error(f"--task-folder {name}={path}: {name!r} is a built-in task, 'all' or given twice; "
+                         f"rename it (built-in tasks: {', '.join(TASKS)})")
+        if not (Path(path, "train").is_dir() and Path(path, "test").is_dir()):
+            parser.error(f"--task-folder {name}={path}: no folders {Path(path, 'train')} and {Path(path, 'test')}; "
+                         "expected PATH/train/<class>/<image> and PATH/test/<class>/<image>")
+        folders[name] = path
+    args.task_folder = folders
+    try:
+        args.tasks = _list((*TASKS, *folders))(args.tasks) if args.tasks else list(folders or TASKS)
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"argument --tasks: {e}")
+    if args.pretrained and args.pretrained.startswith(OPEN_CLIP_PREFIX):
+        try:
+            parse_open_clip_spec(args.pretrained)
+        except ValueError as e:
+            parser.error(f"argument --pretrained: {e}")
     if args.quick:
         for k, v in QUICK.items():
             setattr(args, k.replace("-", "_"), v)
@@ -389,8 +463,8 @@ def main(argv=None) -> int:
     try:
         return {"pretrain-info": cmd_pretrain_info, "finetune": cmd_finetune, "merge": cmd_merge,
                 "report": cmd_report}[args.command](args, ctx)
-    except (FileNotFoundError, DatasetError) as e:     # missing weights or data: a message, not a traceback
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, ModuleNotFoundError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)      # missing weights, open_clip or data: a message, not a traceback
         return 2
 
 

@@ -79,6 +79,7 @@ __all__ = [
     "train_val_split",
     "normalize",
     "load_image_folder",
+    "load_folder_task",
 ]
 
 #: Per-channel RGB mean and std of the CIFAR-10 training set (pixel values scaled to [0, 1]), the
@@ -427,15 +428,24 @@ def train_val_split(n: int, fraction: float = 0.1, seed: int = 0) -> tuple[torch
     return torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64))
 
 
-def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 images (N, 3, H, W) in [0, 255] -> float ``(x / 255 - MEAN) / STD`` per channel."""
+def normalize(
+    x: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    mean: Sequence[float] = MEAN,
+    std: Sequence[float] = STD,
+) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) in [0, 255] -> float ``(x / 255 - mean) / std`` per channel.
+
+    The default statistics are CIFAR-10's (:data:`MEAN`, :data:`STD`); an encoder pretrained with others
+    (CLIP's, :data:`tvtheory.vision.clip.CLIP_MEAN`) passes its own.
+    """
     if x.dtype != torch.uint8:
         raise TypeError(f"normalize expects uint8 images, got {x.dtype}")
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"normalize expects (N, 3, H, W), got {tuple(x.shape)}")
-    mean = torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1)
-    return (x.to(dtype) / 255.0 - mean) / std
+    m = torch.tensor(mean, dtype=dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=dtype).view(1, 3, 1, 1)
+    return (x.to(dtype) / 255.0 - m) / s
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,3 +483,24 @@ def load_image_folder(
     if not xs:
         raise DatasetError(f"image folder {root} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64), classes
+
+
+def load_folder_task(
+    path: str | os.PathLike, image_size: int = 32
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], list[str]]:
+    """A task stored as ``<path>/train/<class>/<image>`` and ``<path>/test/<class>/<image>``.
+
+    Both splits are read with :func:`load_image_folder` and must have the same class folders (label =
+    position in the sorted class names). Returns ``((x, y) train, (x, y) test, classes)``.
+    """
+    root = Path(path).expanduser()
+    x, y, classes = load_image_folder(root / "train", image_size)
+    xt, yt, test_classes = load_image_folder(root / "test", image_size)
+    if test_classes != classes:
+        only_train = sorted(set(classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(classes))
+        raise DatasetError(
+            f"the class folders of {root / 'train'} and {root / 'test'} differ (only in train: {only_train}, "
+            f"only in test: {only_test}); both splits need the same <class> folders"
+        )
+    return (x, y), (xt, yt), classes
