@@ -100,13 +100,17 @@ def test_direction_and_norm_stats():
     g = torch.zeros(P, dtype=torch.float64)
     g[0], g[-1] = 1.0, 2.0
     taus = [-0.1 * g, -0.2 * g, -0.2 * g + torch.eye(P, dtype=torch.float64)[1]]
-    st = direction_stats(taus, g, layout)
+    grads = [g, 2 * g, -torch.eye(P, dtype=torch.float64)[1]]
+    st = direction_stats(taus, grads, layout)
     tk = taus[-1]
     cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
     assert st["cos_tau1_tauK"] == pytest.approx(cos(taus[0], tk), rel=1e-14)
     assert st["cos_neg_g_tauK"] == pytest.approx(cos(-g, tk), rel=1e-14)
     assert st["cos_update_k_tauK"][2] == pytest.approx(cos(torch.eye(P, dtype=torch.float64)[1], tk), rel=1e-14)
     assert st["cos_tau_k_neg_g"][0] == pytest.approx(1.0, rel=1e-15)
+    assert st["cos_neg_g_k_tauK"] == pytest.approx([cos(-v, tk) for v in grads], rel=1e-14)
+    assert st["cos_tau_k_tauK"] == pytest.approx([cos(t, tk) for t in taus], rel=1e-14)
+    assert st["cos_tau_k_tauK"][-1] == pytest.approx(1.0, rel=1e-15)
     first_layer = layout.names[0]
     assert set(st["per_layer"]["cos_tau1_tauK"]) == set(layout.names)
     sl = layout.slices()[first_layer]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from experiments_helpers import tiny_data, tiny_model
-from tvtheory.experiments.finetune import FinetuneConfig, finetune, load_vector, make_batches, make_optimizer, tau_path
+from tvtheory.experiments.finetune import (FinetuneConfig, finetune, grad_path, load_vector, make_batches,
+                                          make_optimizer, tau_path)
 from tvtheory.losses import get_loss
 from tvtheory.objective import Objective
 from tvtheory.params import ParamLayout, flat_params
@@ -51,7 +52,12 @@ def test_gd_records_t1_and_only_encoder_moves(tmp_path):
     assert res.t1_check["holds"] and res.t1_check["max_ratio"] <= 1.0
     assert torch.equal(model.head_weight, head)
     assert all(n.startswith("encoder.") for n in ParamLayout.of(model).names)
-    assert (tmp_path / "grad_theta0.safetensors").exists()
+    # the gradient at each epoch start is stored; for GD, epoch k's update is -eta times it (T1)
+    layout = ParamLayout.of(model)
+    taus = [load_vector(tau_path(tmp_path, k), layout) for k in (1, 2)]
+    grads = [load_vector(grad_path(tmp_path, k), layout) for k in (1, 2)]
+    assert torch.allclose(taus[1] - taus[0], -0.05 * grads[1], rtol=0, atol=1e-6)
+    assert torch.allclose(taus[0], -0.05 * grads[0], rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
@@ -70,7 +76,7 @@ def test_resume_continues_without_redoing_epochs(tmp_path, opt):
     for k in (1, 2, 3):
         assert torch.equal(load_vector(tau_path(tmp_path / "full", k), layout),
                            load_vector(tau_path(tmp_path / "part", k), layout))
-    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall_s"} for r in recs]  # noqa: E731
+    strip = lambda recs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in recs]  # noqa: E731
     assert strip(resumed.records) == strip(full.records)
     again = finetune(tiny_model(), x, y, cfg, tmp_path / "part", progress=False)   # finished: nothing to do
     assert again.resumed_from_epoch == 3 and len(again.records) == 3

@@ -90,18 +90,26 @@ def _norm(v: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(v.detach().double()))
 
 
-def direction_stats(taus: Sequence[torch.Tensor], g0: torch.Tensor, layout: ParamLayout) -> dict:
-    """E2: cos(tau^(1), tau^(K)), cos(-g, tau^(K)), cos(update_k, tau^(K)) globally and per layer."""
+def direction_stats(taus: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], layout: ParamLayout) -> dict:
+    """E2: how much of the final task vector tau^(K) each epoch already points along, globally and per layer.
+
+    ``taus[k-1]`` = tau^(k); ``grads[k-1]`` = grad L(theta_{k-1}), the full-batch gradient at the start of
+    epoch k. Per epoch k: cos(tau^(k), tau^(K)), cos(update_k, tau^(K)) with update_k = tau^(k) - tau^(k-1),
+    and cos(-grad L(theta_{k-1}), tau^(K)); cos(-g, tau^(K)) with g = grad L(theta_0) is the k = 1 entry
+    of the last. For full-batch GD, update_k = -eta grad L(theta_{k-1}) (T1), so the last two lists agree.
+    """
     tau_k = taus[-1]
     updates = [taus[0]] + [taus[i] - taus[i - 1] for i in range(1, len(taus))]
     return {
         "cos_tau1_tauK": cosine(taus[0], tau_k),
-        "cos_neg_g_tauK": cosine(-g0, tau_k),
+        "cos_neg_g_tauK": cosine(-grads[0], tau_k),
+        "cos_tau_k_tauK": [cosine(t, tau_k) for t in taus],
         "cos_update_k_tauK": [cosine(u, tau_k) for u in updates],
-        "cos_tau_k_neg_g": [cosine(t, -g0) for t in taus],
+        "cos_neg_g_k_tauK": [cosine(-g, tau_k) for g in grads],
+        "cos_tau_k_neg_g": [cosine(t, -grads[0]) for t in taus],
         "per_layer": {
             "cos_tau1_tauK": dict(per_layer_cosines(taus[0], tau_k, layout)),
-            "cos_neg_g_tauK": dict(per_layer_cosines(-g0, tau_k, layout)),
+            "cos_neg_g_tauK": dict(per_layer_cosines(-grads[0], tau_k, layout)),
             "cos_update_k_tauK": [dict(per_layer_cosines(u, tau_k, layout)) for u in updates],
         },
     }

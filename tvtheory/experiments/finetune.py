@@ -17,8 +17,9 @@ per epoch.
 
 Per epoch k = 1..K it records: the full-batch gradient norm ||grad L(theta_{k-1})|| at the epoch start,
 the mean (and max) mini-batch gradient norm over the epoch, the mean batch loss, ||tau^(k)||, ||update_k||.
-Files in ``run_dir``: ``tau_epoch{k:03d}.safetensors`` (named encoder tensors), ``grad_theta0.safetensors``,
-``checkpoint.pt`` (theta_k, optimizer state, records; written atomically after every epoch).
+Files in ``run_dir``: ``tau_epoch{k:03d}.safetensors`` (tau^(k), named encoder tensors),
+``grad_epoch{k:03d}.safetensors`` (the full-batch gradient at the start of epoch k, grad L(theta_{k-1}); k = 1
+is theta_0), ``checkpoint.pt`` (theta_k, optimizer state, records; written atomically after every epoch).
 """
 
 from __future__ import annotations
@@ -138,7 +139,13 @@ def load_vector(path: Path, layout: ParamLayout) -> torch.Tensor:
 
 
 def tau_path(run_dir: Path, k: int) -> Path:
+    """tau^(k) = theta_k - theta_0, after epoch k."""
     return Path(run_dir) / f"tau_epoch{k:03d}.safetensors"
+
+
+def grad_path(run_dir: Path, k: int) -> Path:
+    """grad L(theta_{k-1}), the full-batch gradient at the start of epoch k (k = 1: at theta_0)."""
+    return Path(run_dir) / f"grad_epoch{k:03d}.safetensors"
 
 
 @dataclass
@@ -192,11 +199,12 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneCo
         t_epoch = time.perf_counter()
         theta_prev = flat_params(model)
         g_full, loss_full = batch_gradient(model, x, y, torch.arange(x.shape[0]), ctx, cfg.chunk_size, prepare)
+        full_grad_s = time.perf_counter() - t_epoch
         if first_loss is None:
             first_loss = loss_full
         _check_loss(loss_full, first_loss, k, cfg.lr)
-        if k == 0 and ctx.is_main:
-            save_vector(run_dir / "grad_theta0.safetensors", g_full, layout)
+        if ctx.is_main:
+            save_vector(grad_path(run_dir, k + 1), g_full, layout)
         norms, losses = [], []
         for b in tqdm(batches, desc=f"epoch {k + 1}", disable=not (progress and ctx.is_main) or len(batches) == 1,
                       leave=False):
@@ -227,6 +235,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneCo
             "tau_norm": float(torch.linalg.vector_norm(tau.double())),
             "update_norm": float(torch.linalg.vector_norm((theta - theta_prev).double())),
             "wall_s": time.perf_counter() - t_epoch,
+            "full_grad_s": full_grad_s,     # the E1 measurement (for gd it is also the step's gradient)
         })
         if ctx.is_main:
             save_vector(tau_path(run_dir, k + 1), tau, layout)
