@@ -15,7 +15,7 @@ import torch
 
 from ..task_vectors import merge
 
-DEFAULT_ALPHA_GRID = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
+DEFAULT_ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(1, 11))  # 0.1 .. 1.0
 
 # acc_fn(theta, task, split) -> accuracy of the encoder theta with task's head on split ("val" or "test")
 AccuracyFn = Callable[[torch.Tensor, str, str], float]

@@ -35,7 +35,7 @@ from ..io import versions, write_json_atomic
 from ..params import ParamLayout, flat_params, load_flat_
 from .analysis import T4_NOTE, direction_stats, expansion_stats, norm_stats
 from .dist import DistContext, init_from_env, shard
-from .finetune import FinetuneConfig, finetune, load_vector, make_batches, tau_path
+from .finetune import FinetuneConfig, finetune, grad_path, load_vector, make_batches, tau_path
 from .merging import DEFAULT_ALPHA_GRID, merge_and_evaluate
 from .probe import FrozenHeadClassifier, accuracy, features, fit_probe
 
@@ -160,7 +160,7 @@ def task_head(task: str, data: dict, args, ctx: DistContext) -> tuple[torch.Tens
         z = features(enc, x[mine], args.chunk_size, _prepare(args))
         w, b, info = fit_probe(z, y[mine], data["num_classes"], ctx)
         model = FrozenHeadClassifier(enc, w, b)
-        info["pretrained_accuracy"] = {s: _acc(model, data[s], ctx, args) for s in ("train", "val", "test")}
+        info["pretrained_accuracy"] = {s: _acc(model, data[s], ctx, args) for s in ("val", "test")}
         if ctx.is_main:
             from safetensors.torch import save_file
 
@@ -219,8 +219,8 @@ def run_finetune(task: str, opt: str, data: dict, head, args, ctx: DistContext) 
     if len(result.records) < cfg.epochs:                      # --stop-after: leave the checkpoint, no JSON
         return None
     taus = [load_vector(tau_path(run_dir, k), layout).to(theta0.device) for k in range(1, cfg.epochs + 1)]
-    g0 = load_vector(run_dir / "grad_theta0.safetensors", layout).to(theta0.device)
-    analysis = {"E1": norm_stats(result.records), "E2": direction_stats(taus, g0, layout),
+    grads = [load_vector(grad_path(run_dir, k), layout).to(theta0.device) for k in range(1, cfg.epochs + 1)]
+    analysis = {"E1": norm_stats(result.records), "E2": direction_stats(taus, grads, layout),
                 "expansion": expansion_stats(model, x, y, make_batches(x.shape[0], cfg), theta0, taus, opt, cfg.lr,
                                              ctx, cfg.chunk_size, prep, second_order=not args.no_second_order)}
     accs = {}
@@ -392,15 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add task NAME with images PATH/train/<class>/<image> and PATH/test/<class>/<image> "
                         "(repeatable)")
     p.add_argument("--optimizers", type=_list(OPTIMIZERS), default=list(OPTIMIZERS), help="comma list or 'all'")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr-gd", type=float, default=0.1)
-    p.add_argument("--lr-sgd", type=float, default=0.01)
+    p.add_argument("--epochs", type=int, default=5, help="K: the converged task vector is tau^(K)")
+    p.add_argument("--lr-gd", type=float, default=1e-3)
+    p.add_argument("--lr-sgd", type=float, default=1e-3)
     p.add_argument("--lr-adamw", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW only")
     p.add_argument("--batch-size", type=int, default=128, help="sgd / adamw")
     p.add_argument("--max-train", type=int, default=4000, help="cap on each task's training images (0 = all)")
-    p.add_argument("--max-val", type=int, default=1000, help="cap on the validation split (0 = all)")
-    p.add_argument("--max-test", type=int, default=0, help="cap on the test split (0 = all)")
+    p.add_argument("--max-val", type=int, default=500, help="cap on the validation split (0 = all)")
+    p.add_argument("--max-test", type=int, default=2000, help="cap on the test split (0 = all)")
     p.add_argument("--chunk-size", type=int, default=256, help="examples per forward pass (memory only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
