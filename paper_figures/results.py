@@ -10,6 +10,10 @@ When is a stored result reused? Configurations are ranked tiny < quick < default
 when it was made with the requested configuration (and the same config) or a higher-ranked one; otherwise
 (missing, lower-ranked, or made with a different config) it is recomputed, with the message
 "computing <name> with the <configuration> configuration" and a tqdm bar.
+
+Figures with ``READS_RUNS = True`` (F1-F3) aggregate the vision pipeline's run files in their own results
+folder: they are re-derived every time (it is cheap), ``compute(config, bar, folder)`` receives that folder,
+and the configuration recorded is the one the runs were made with (``data["source"]["configuration"]``).
 """
 
 from __future__ import annotations
@@ -54,15 +58,21 @@ def _normalised(config: dict) -> Any:
 
 def compute(figure: ModuleType, configuration: str, config: dict, path: Path, progress: bool = True) -> dict:
     """Run ``figure.compute(config, bar)`` in one thread and write the result file atomically."""
-    print(f"computing {figure.NAME} with the {configuration} configuration", flush=True)
+    reads_runs = getattr(figure, "READS_RUNS", False)
+    if reads_runs:
+        print(f"collecting {figure.NAME} from the vision runs in {_display(path.parent)}", flush=True)
+    else:
+        print(f"computing {figure.NAME} with the {configuration} configuration", flush=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     started = time.perf_counter()
     try:
         with tqdm(total=figure.steps(config), desc=figure.NAME, disable=not progress, leave=False) as bar:
-            data = figure.compute(config, bar)
+            data = figure.compute(config, bar, path.parent) if reads_runs else figure.compute(config, bar)
     finally:
         torch.set_num_threads(threads)
+    if reads_runs:
+        configuration = data["source"]["configuration"]
     result = {
         "name": figure.NAME,
         "title": figure.TITLE,
@@ -89,6 +99,8 @@ def load_or_compute(figure: ModuleType, configuration: str = "default", results_
     can_compute = getattr(figure, "compute", None) is not None
     if config is None and can_compute:
         config = figure.CONFIGS[configuration]
+    if getattr(figure, "READS_RUNS", False):
+        return compute(figure, configuration, config, path, progress)
     if path.exists() and not recompute:
         stored = load(path)
         if not can_compute:

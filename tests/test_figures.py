@@ -15,7 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # paper_figures is not an installed package
 
-from paper_figures import f4_second_order, f5_curvature_bound, f6_floating_point, figures, make_all  # noqa: E402
+from paper_figures import (f1_norm_dominance, f2_direction_dominance, f3_merging, f4_second_order,  # noqa: E402
+                           f5_curvature_bound, f6_floating_point, figures, make_all, vision_runs)
 from paper_figures.results import format_cell, load, load_or_compute, resolve, result_path  # noqa: E402
 
 TINY = {
@@ -27,13 +28,27 @@ TINY = {
                         "runs": [{"seed": 0, "lr": 0.1}]},
 }
 THEORY = ["f4_second_order", "f5_curvature_bound", "f6_floating_point"]
+VISION = ["f1_norm_dominance", "f2_direction_dominance", "f3_merging"]
+# the vision pipeline on a random tiny ViT and random images: seconds, no data needed
+SYNTHETIC = ["--synthetic", "--quick", "--epochs", "3", "--tasks", "mnist,cars", "--no-progress"]
+
+
+def _vision_runs(results: Path) -> None:
+    from tvtheory.experiments import vision
+
+    for command in ("finetune", "merge"):
+        assert vision.main([command, *SYNTHETIC, "--results", str(results / "vision"),
+                            "--artifacts", str(results.parent / "runs" / "vision")]) == 0
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    """make_all --quick on an empty results folder, with the quick configurations shrunk to tiny ones."""
+    """make_all --quick with tiny vision runs recorded first and the theory results computed on the way, with
+    the quick configurations shrunk to tiny ones."""
     root = tmp_path_factory.mktemp("figures")
     out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        _vision_runs(root / "results")
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
         for module, config in TINY.items():
             mp.setitem(module.CONFIGS, "quick", config)
@@ -43,8 +58,8 @@ def made(tmp_path_factory):
     return {"results": root / "results", "out": root / "out", "stdout": out.getvalue()}
 
 
-def test_every_theory_figure_is_discovered():
-    assert [f.NAME for f in figures()][:3] == THEORY
+def test_every_figure_is_discovered_in_order():
+    assert [f.NAME for f in figures()] == VISION + THEORY
 
 
 @pytest.mark.parametrize("name", THEORY)
@@ -56,7 +71,15 @@ def test_missing_results_are_computed_with_a_message(made, name):
     assert {"tvtheory", "torch", "numpy"} <= set(result["versions"])
 
 
-@pytest.mark.parametrize("name", THEORY)
+@pytest.mark.parametrize("name", VISION)
+def test_vision_figures_are_collected_from_the_runs(made, name):
+    assert f"collecting {name} from the vision runs" in made["stdout"]
+    result = load(made["results"] / "vision" / f"{name}.json")
+    assert result["configuration"] == "synthetic" and result["data"]["source"]["epochs"] == 3
+    assert {"config", "seed", "versions", "created_utc"} <= set(result)
+
+
+@pytest.mark.parametrize("name", VISION + THEORY)
 def test_each_figure_is_written_as_png_and_pdf(made, name):
     png, pdf = made["out"] / f"{name}.png", made["out"] / f"{name}.pdf"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -85,7 +108,7 @@ def _parse_numbers(text: str) -> list[tuple[Path, str, list[str], list[list[str]
 
 def test_numbers_md_equals_the_result_files(made):
     tables = _parse_numbers((made["out"] / "numbers.md").read_text())
-    assert {f.stem for f, *_ in tables} == set(THEORY)
+    assert {f.stem for f, *_ in tables} == set(THEORY + VISION)
     compared = 0
     for file, path, keys, rows in tables:
         expected = resolve(json.loads(file.read_text()), path)
@@ -142,3 +165,53 @@ def test_figures_from_another_pipeline_are_skipped_until_their_results_exist(tmp
     (tmp_path / "vision").mkdir()
     (tmp_path / "vision" / "f1_fake.json").write_text(json.dumps(stored))
     assert load_or_compute(fake, "default", tmp_path) == stored
+
+
+def _run(results: Path, task: str, opt: str) -> dict:
+    return json.loads((results / "vision" / task / f"{opt}.json").read_text())
+
+
+def test_vision_figure_numbers_are_the_recorded_ones(made):
+    """F1-F3's tables, recomputed here from the pipeline's own run and merge files."""
+    results = made["results"]
+    f1 = load(results / "vision" / "f1_norm_dominance.json")["data"]["rows"]
+    f2 = load(results / "vision" / "f2_direction_dominance.json")["data"]
+    f3 = load(results / "vision" / "f3_merging.json")["data"]["rows"]
+    assert {(r["task"], r["optimizer"]) for r in f1} == {(t, o) for t in ("mnist", "cars") for o in ("gd", "sgd",
+                                                                                                       "adamw")}
+    for row in f1:
+        norms = [r["full_grad_norm_start"] for r in _run(results, row["task"], row["optimizer"])["records"]]
+        assert [row[f"share_{k}"] for k in (1, 2, 3)] == pytest.approx([v / sum(norms) for v in norms], rel=1e-12)
+        assert row["epoch1_largest"] == (norms[0] == max(norms))
+    for row in f2["rows"]:
+        e2 = _run(results, row["task"], row["optimizer"])["analysis"]["E2"]
+        assert row["cos_update_k_tauK"] == e2["cos_update_k_tauK"][row["k"] - 1]
+        assert row["cos_neg_g_k_tauK"] == e2["cos_neg_g_k_tauK"][row["k"] - 1]
+    for row in f2["summary"]:
+        gd = _run(results, row["task"], "gd")["analysis"]["E2"]
+        if row["optimizer"] == "gd":     # T1: tau^(1) = -eta g, so both cosines agree to rounding
+            assert gd["cos_tau1_tauK"] == pytest.approx(gd["cos_neg_g_tauK"], abs=1e-5)
+    for opt in ("gd", "sgd", "adamw"):
+        merge = json.loads((results / "vision" / f"merge_{opt}.json").read_text())
+        mine = {r["task"]: r for r in f3 if r["optimizer"] == opt}
+        for t in ("mnist", "cars"):
+            assert mine[t]["merged_one_epoch"] == merge["one_epoch"]["alpha_val"]["test_accuracy"][t]
+            assert mine[t]["finetuned"] == _run(results, t, opt)["accuracy"]["finetuned"]["test"]
+        assert mine["average"]["merged_converged"] == pytest.approx(merge["converged"]["alpha_val"]["mean_accuracy"])
+        assert mine["average"]["merged_converged_normalised"] == pytest.approx(
+            merge["converged"]["alpha_val"]["mean_normalised_accuracy"])
+
+
+def test_missing_vision_runs_are_made_with_the_quick_configuration(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(vision_runs, "QUICK_ARGS", SYNTHETIC[:4] + ["--tasks", "mnist,cars", "--optimizers", "gd",
+                                                                   "--no-progress"])
+    result = load_or_compute(f1_norm_dominance, "default", tmp_path / "results", progress=False)
+    out = capsys.readouterr().out
+    assert "has no vision results: computing them with the quick configuration" in out
+    assert result["configuration"] == "synthetic"
+    assert result["data"]["source"]["folder"] == str(tmp_path / "results" / "vision-quick")
+    assert (tmp_path / "runs" / "vision-quick" / "mnist" / "gd").is_dir()
+    assert (tmp_path / "results" / "vision" / "f1_norm_dominance.json").exists()
+    # a second figure reuses those runs instead of running the pipeline again
+    load_or_compute(f2_direction_dominance, "default", tmp_path / "results", progress=False)
+    assert "using the quick ones" in capsys.readouterr().out
