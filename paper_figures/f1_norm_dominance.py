@@ -72,8 +72,8 @@ def draw(result: dict):
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(8, len(labels)), frameon=False)
     src = data["source"]
-    fig.suptitle(f"Share of each epoch in the full-batch gradient norm ({src['configuration']} runs: "
-                 f"{src['max_train']} training images per task, {src['epochs']} epochs)")
+    fig.suptitle(f"Share of each epoch in the full-batch gradient norm\n({src['configuration']} runs: "
+                 f"at most {src['max_train']} training images per task, {src['epochs']} epochs)")
     return fig
 
 

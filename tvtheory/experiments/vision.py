@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import re
 import sys
 import time
@@ -37,10 +38,11 @@ from .analysis import T4_NOTE, direction_stats, expansion_stats, norm_stats
 from .dist import DistContext, init_from_env, shard
 from .finetune import FinetuneConfig, finetune, grad_path, load_vector, make_batches, tau_path
 from .merging import DEFAULT_ALPHA_GRID, merge_and_evaluate
+from .step_size import learning_rate, sharpness
 from .probe import FrozenHeadClassifier, accuracy, features, fit_probe
 
 OPTIMIZERS = ("gd", "sgd", "adamw")
-QUICK = {"epochs": 3, "max_train": 256, "max_val": 128, "max_test": 256, "batch_size": 64}
+QUICK = {"epochs": 3, "max_train": 256, "max_val": 128, "max_test": 256, "batch_size": 64, "sharpness_subset": 64}
 
 
 # ------------------------------------------------------------------------------------------ data / model
@@ -193,21 +195,47 @@ def _model(args, ctx, head) -> FrozenHeadClassifier:
 
 # ------------------------------------------------------------------------------------------ finetune
 
-def _finetune_config(opt: str, args) -> FinetuneConfig:
+LR_SCALE = {"gd": 1.0, "sgd": 0.5}     # --lr-gd/--lr-sgd auto: eta = scale / lambda_hat (docs/vision.md)
+
+
+def task_sharpness(task: str, data: dict, head, args, ctx: DistContext) -> dict:
+    """lambda_hat of the task at theta_0 (``step_size.sharpness``), computed once and kept beside the head."""
+    path = Path(args.artifacts) / task / "sharpness.json"
+    wanted = {"subset": min(args.sharpness_subset, int(data["train"][0].shape[0])), "iterations": 10,
+              "seed": args.seed}
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if {k: stored.get(k) for k in wanted} == wanted:
+            return stored
+    out = {**sharpness(_model(args, ctx, head), *data["train"], ctx, args.chunk_size, _prepare(args),
+                       subset=args.sharpness_subset, iterations=10, seed=args.seed), "seed": args.seed}
+    if ctx.is_main:
+        write_json_atomic(path, out)
+    ctx.barrier()
+    return out
+
+
+def _learning_rate(opt: str, args, lam: float | None) -> float:
     lr = {"gd": args.lr_gd, "sgd": args.lr_sgd, "adamw": args.lr_adamw}[opt]
+    return learning_rate(lam, LR_SCALE[opt]) if lr == "auto" else float(lr)
+
+
+def _finetune_config(opt: str, args, lam: float | None = None) -> FinetuneConfig:
+    lr = _learning_rate(opt, args, lam)
     return FinetuneConfig(opt, lr, args.epochs, batch_size=args.batch_size,
                           weight_decay=args.weight_decay if opt == "adamw" else 0.0, seed=args.seed,
                           chunk_size=args.chunk_size)
 
 
-def run_finetune(task: str, opt: str, data: dict, head, args, ctx: DistContext) -> dict | None:
+def run_finetune(task: str, opt: str, data: dict, head, args, ctx: DistContext,
+                 curvature: dict | None = None) -> dict | None:
     out_json = Path(args.results) / task / f"{opt}.json"
     if out_json.exists():
         if ctx.is_main:
             print(f"{task}/{opt}: done ({out_json}), skipped", file=sys.stderr)
         return None
     t0 = time.perf_counter()
-    cfg = _finetune_config(opt, args)
+    cfg = _finetune_config(opt, args, curvature["lambda"] if curvature else None)
     run_dir = Path(args.artifacts) / task / opt
     model = _model(args, ctx, head)
     layout = ParamLayout.of(model)
@@ -238,6 +266,9 @@ def run_finetune(task: str, opt: str, data: dict, head, args, ctx: DistContext) 
                          f"(0 = no cap) with a seeded subset (seed {args.seed})",
                  "num_val": int(data["val"][0].shape[0]), "num_test": int(data["test"][0].shape[0]),
                  "num_classes": data["num_classes"], "num_batches": result.num_batches},
+        "step_size": {"lr": cfg.lr, "rule": (f"auto: {LR_SCALE[opt]} / lambda_hat" if opt in LR_SCALE and
+                                             getattr(args, f"lr_{opt}") == "auto" else "given"),
+                      "sharpness": curvature},
         "num_params_encoder": layout.size, "probe": head[2], "records": result.records,
         "t1_check": result.t1_check, "resumed_from_epoch": result.resumed_from_epoch,
         "analysis": analysis, "accuracy": {"pretrained": head[2]["pretrained_accuracy"], **accs},
@@ -254,8 +285,11 @@ def cmd_finetune(args, ctx: DistContext) -> int:
     for task in args.tasks:
         data = load_task_data(task, args)
         head = task_head(task, data, args, ctx)
+        auto = [o for o in args.optimizers if o != "adamw" and getattr(args, f"lr_{o}") == "auto"
+                and not (Path(args.results) / task / f"{o}.json").exists()]
+        curvature = task_sharpness(task, data, head, args, ctx) if auto else None
         for opt in args.optimizers:
-            run_finetune(task, opt, data, head, args, ctx)
+            run_finetune(task, opt, data, head, args, ctx, curvature)
     return 0
 
 
@@ -359,6 +393,18 @@ def cmd_pretrain_info(args, ctx: DistContext) -> int:
 
 # ------------------------------------------------------------------------------------------ CLI
 
+def _lr(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a learning rate is a positive number or 'auto', got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"a learning rate must be positive and finite, got {text!r}")
+    return value
+
+
 def _list(choices):
     def parse(s: str) -> list[str]:
         items = list(choices) if s == "all" else [v for v in s.split(",") if v]
@@ -393,9 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable)")
     p.add_argument("--optimizers", type=_list(OPTIMIZERS), default=list(OPTIMIZERS), help="comma list or 'all'")
     p.add_argument("--epochs", type=int, default=5, help="K: the converged task vector is tau^(K)")
-    p.add_argument("--lr-gd", type=float, default=1e-3)
-    p.add_argument("--lr-sgd", type=float, default=1e-3)
+    p.add_argument("--lr-gd", type=_lr, default="auto",
+                   help=f"a number, or auto: {LR_SCALE['gd']} / lambda_hat(H(theta_0)) per task (docs/vision.md)")
+    p.add_argument("--lr-sgd", type=_lr, default="auto", help=f"a number, or auto: {LR_SCALE['sgd']} / lambda_hat")
     p.add_argument("--lr-adamw", type=float, default=1e-4)
+    p.add_argument("--sharpness-subset", type=int, default=256,
+                   help="training images of the power-iteration estimate lambda_hat (--lr-* auto)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW only")
     p.add_argument("--batch-size", type=int, default=128, help="sgd / adamw")
     p.add_argument("--max-train", type=int, default=4000, help="cap on each task's training images (0 = all)")
