@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from tvtheory.data import synthetic
-from tvtheory.models import make_mlp
+from tvtheory.models import make_mlp, make_vit
 from tvtheory.problem import make_problem
+from tvtheory.vision.vit import ViTConfig
+
+# A tiny ViT classifier: 1x8x8 images in 4x4 patches, dim 8, one block, 2 heads, 3 classes (P = 827).
+TINY_VIT = ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, num_classes=3, channels=1)
 
 
 def build_problem(widths=(4, 6, 3), activation="tanh", loss="ce", n=48, batches=1, seed=0,
@@ -15,6 +19,12 @@ def build_problem(widths=(4, 6, 3), activation="tanh", loss="ce", n=48, batches=
     """A synthetic task (n Gaussian inputs, linear teacher) bound to a seeded MLP."""
     data = synthetic(n, widths[0], widths[-1], seed, dtype)
     return make_problem(make_mlp(widths, activation, seed=seed, dtype=dtype), loss, data, batches, seed)
+
+
+def build_vit_problem(loss="ce", n=32, batches=1, seed=0, dtype=torch.float64):
+    """A synthetic task on flat 1x8x8 images (64 Gaussian features, linear teacher) bound to TINY_VIT."""
+    data = synthetic(n, 64, TINY_VIT.num_classes, seed, dtype)
+    return make_problem(make_vit(TINY_VIT, seed=seed, dtype=dtype), loss, data, batches, seed)
 
 
 @pytest.fixture
@@ -27,6 +37,12 @@ def small_problem():
 def make_small_problem():
     """The factory behind ``small_problem``, for tests that vary its arguments."""
     return build_problem
+
+
+@pytest.fixture
+def make_vit_problem():
+    """The ViT analogue of ``make_small_problem`` (TINY_VIT, N = 32, float64)."""
+    return build_vit_problem
 
 
 def pytest_configure(config):

@@ -12,12 +12,14 @@ import sys
 import pytest
 
 import tvtheory.bound as bound
-from tvtheory.bound import main, parse_widths
+from tvtheory.bound import main, parse_vit, parse_widths
+from tvtheory.bounds import T4_NOTE
 
 SMALL = ["--data", "synthetic", "--samples", "64", "--widths", "5,8,3", "--epochs", "3", "--no-progress"]
 HEADER = ["k", "||tau_k||", "||1st order||", "||E_k||", "||E_k - 2nd||", "bound", "bound/||E_k||",
           "cos(tau_k,-g)", "eta*M*k"]
 VERDICTS = ["T1", "C1", "T2", "T3", "T4", "optimizer"]
+VIT_SMALL = ["--arch", "vit", "--data", "synthetic", "--samples", "64", "--epochs", "3", "--no-progress"]
 
 
 def _run(argv):
@@ -82,7 +84,8 @@ def _error(argv, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--arch", "cnn"], r"unknown architecture 'cnn'; known architectures: mlp"),
+    (["--arch", "cnn"], r"unknown architecture 'cnn'; known architectures: mlp, vit"),
+    (["--vit", "16,1,2,32"], r"--vit sets the size of a ViT; with --arch mlp use --widths \(or use --arch vit\)"),
     (["--activation", "swish"], r"unknown activation 'swish'; known activations: gelu, relu, sigmoid, silu, "
                                 r"softplus, tanh"),
     (["--optimizer", "gd", "--batches", "4"], r"--optimizer gd is full-batch gradient descent; use --optimizer sgd "
@@ -156,6 +159,73 @@ def test_a_failing_statement_exits_1(monkeypatch, capsys):
     assert re.search(r"^\s*T2: n/a", out, re.M)
 
 
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    """The default ViT (16,1,2,32, P = 2794) on 64 synthetic 1x8x8 images, 3 epochs."""
+    path = tmp_path_factory.mktemp("cli") / "vit.json"
+    code, out, err = _run(VIT_SMALL + ["--json", str(path)])
+    return code, out, err, path
+
+
+def test_vit_run_exits_0_with_every_applicable_verdict_holding_and_t4_not_applicable(vit_run):
+    code, out, err, path = vit_run
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == ("tvtheory.bound: vit dim,depth,heads,mlp_dim 16,1,2,32 on 1x8x8 images in 4x4 patches "
+                        "(2794 parameters), gelu, ce loss, synthetic (N = 64), gd lr 0.1, 3 epochs x 1 batches, "
+                        "float64, seed 0")
+    rows = [line.split() for line in lines if re.match(r"^\s+[123]\s", line)]
+    assert [r[0] for r in rows] == ["1", "2", "3"] and all(len(r) == len(HEADER) for r in rows)
+    assert all(r[5] == r[6] == r[8] == "n/a" for r in rows)            # bound, bound/||E_k||, eta*M*k
+    assert all(r[4] != "n/a" for r in rows)                           # the second-order term is measured
+    for name in ("T1", "C1", "T2", "T3", "optimizer"):
+        assert re.search(rf"^\s*{name}: holds\s", out, re.M), name
+    assert re.search(r"^\s*T2: holds\s+\(c\) n/a: no T4 bound M_j for this network; \(a\) slope", out, re.M)
+    assert f"       T4: n/a    {T4_NOTE}" in lines
+    assert "(no rigorous M for this network: T4 is n/a)" in out
+
+
+def test_vit_json_has_the_schema_of_the_mlp_report(small_run, vit_run):
+    mlp, vit = (json.loads(run[3].read_text()) for run in (small_run, vit_run))
+    assert set(vit) == set(mlp) and set(vit["config"]) == set(mlp["config"])
+    assert [set(e) for e in vit["epochs"]] == [set(e) for e in mlp["epochs"]]
+    assert set(vit["verdicts"]) == set(mlp["verdicts"]) == set(VERDICTS)
+    for name in ("T1", "C1", "T2", "T3", "optimizer"):
+        assert set(vit["verdicts"][name]) == set(mlp["verdicts"][name]), name
+        assert vit["verdicts"][name]["holds"] is True and isinstance(vit["verdicts"][name]["margin"], float), name
+    c = vit["config"]
+    assert c["arch"] == "vit" and c["vit"] == [16, 1, 2, 32] and c["widths"] is None and c["activation"] == "gelu"
+    assert c["num_params"] == 2794 and c["num_examples"] == 64
+    assert mlp["config"]["vit"] is None
+    assert vit["verdicts"]["T4"] == {"holds": None, "applicable": False, "margin": None, "message": T4_NOTE}
+    for name in ("T2", "T3"):   # without a bound, the margin is the remainder slope
+        v = vit["verdicts"][name]
+        assert v["bound_holds"] is None and v["margin"] == v["slope"]["slope"] > 2.7
+    assert all(e["bound"] is None and e["dominance"] is None and e["rounding_allowance"] is None
+               for e in vit["epochs"])
+    assert vit["hessian_norm_theta0"] > 0 and vit["measured_dominance"] == 0.1 * vit["hessian_norm_theta0"] * 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--widths", "64,32,10"], r"--widths sets the layer sizes of an MLP; with --arch vit use --vit "
+                               r"dim,depth,heads,mlp_dim"),
+    (["--activation", "relu"], r"--activation relu applies to --arch mlp only: the ViT uses exact \(erf\) GELU, "
+                               r"which is C\^2; drop --activation"),
+    (["--vit", "16,1,3,32"], r"--vit: dim 16 must be a multiple of heads 3"),
+    (["--vit", "16,1,2"], r"--vit needs 4 comma-separated integers dim,depth,heads,mlp_dim, all >= 1, like "
+                          r"16,1,2,32, got '16,1,2'"),
+    (["--vit", "16,x,2,32"], r"--vit needs 4 comma-separated integers .* got '16,x,2,32'"),
+    (["--vit", "16,0,2,32"], r"--vit needs 4 comma-separated integers .* got '16,0,2,32'"),
+])
+def test_bad_vit_input_exits_2_with_a_clear_message(extra, message, capsys):
+    err = _error(VIT_SMALL + extra, capsys)
+    assert re.search(message, err), err
+
+
+def test_parse_vit():
+    assert parse_vit("16,1,2,32") == {"dim": 16, "depth": 1, "heads": 2, "mlp_dim": 32}
+
+
 def test_parse_widths():
     assert parse_widths("64,32,10") == (64, 32, 10)
     assert parse_widths(" 4 , 3") == (4, 3)
@@ -166,6 +236,6 @@ def test_help_in_a_subprocess():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: python -m tvtheory.bound")
-    for option in ("--arch", "--widths", "--activation", "--loss", "--lr", "--epochs", "--batches", "--optimizer",
-                   "--json"):
+    for option in ("--arch", "--widths", "--vit", "--activation", "--loss", "--lr", "--epochs", "--batches",
+                   "--optimizer", "--json"):
         assert option in proc.stdout

@@ -1,4 +1,5 @@
-"""Unit tests of tvtheory.models: the feed-forward network of T4 (activations: test_activations.py)."""
+"""Unit tests of tvtheory.models: the feed-forward network of T4 and the ViT classifier on flat inputs
+(activations: test_activations.py; the ViT itself: test_vit.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from tvtheory.activations import ACTIVATIONS
-from tvtheory.models import MLP, MLPConfig, make_mlp
+from tvtheory.models import MLP, MLPConfig, ViTClassifier, make_mlp, make_vit
 from tvtheory.params import ParamLayout, flat_params
+from tvtheory.vision.vit import ViTConfig
+
+VIT = ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, num_classes=3, channels=1)
 
 @pytest.mark.parametrize("widths", [(4, 3), (4, 6, 3), (7, 5, 5, 2), (1, 1)])
 @pytest.mark.parametrize("lead", [(9,), (2, 5), ()])
@@ -84,3 +88,32 @@ def test_make_mlp_dtype_and_config():
     assert model.config == MLPConfig((4, 6, 3), "gelu", True)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert model.config.to_dict() == {"widths": (4, 6, 3), "activation": "gelu", "bias": True}
+
+
+def test_vit_classifier_reads_flat_inputs_as_images():
+    model = make_vit(VIT, seed=1)
+    x = torch.randn(5, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert model.in_features == 64 and model.act.name == "gelu" and model.act.is_c2
+    assert torch.equal(model(x), model.vit(x.reshape(5, 1, 8, 8)))
+    assert model(x).shape == (5, 3)
+    with pytest.raises(ValueError, match=r"input has shape \(5, 63\) but the ViT expects N x 64 \(flat 1x8x8 images\)"):
+        model(x[:, :63])
+
+
+def test_make_vit_is_deterministic_per_seed_and_restores_the_global_rng():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = flat_params(make_vit(VIT, seed=7))
+    assert torch.equal(torch.rand(3), expected_next)
+    assert torch.equal(flat_params(make_vit(VIT, seed=7)), a)
+    assert not torch.equal(flat_params(make_vit(VIT, seed=8)), a)
+    f32 = make_vit(VIT, seed=7, dtype=torch.float32)
+    assert isinstance(f32, ViTClassifier) and f32.config == VIT
+    assert torch.equal(flat_params(f32).double(), a)          # drawn in float32, then converted
+    assert a.dtype == torch.float64 and a.numel() == 827
+
+
+def test_vit_classifier_needs_a_head():
+    with pytest.raises(ValueError, match="a ViT classifier needs num_classes >= 1, got 0"):
+        ViTClassifier(ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, channels=1))

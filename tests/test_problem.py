@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from tvtheory.data import partition, synthetic
-from tvtheory.models import make_mlp
+from tvtheory.models import ViTClassifier, make_mlp, make_vit
 from tvtheory.params import flat_params
 from tvtheory.problem import DTYPES, make_problem
+from tvtheory.vision.vit import ViTConfig
 
 
 def test_input_width_mismatch_suggests_the_fix():
@@ -90,3 +91,28 @@ def test_with_batches(make_small_problem):
     assert torch.equal(q.theta0, p.theta0)
     assert all(len(fb) == 12 for fb in q.batch_objectives)
     assert set(DTYPES) == {"float64", "float32"}
+
+
+def test_vit_problem_to_float32_and_back(make_vit_problem):
+    p = make_vit_problem(batches=2)
+    p32 = p.to(torch.float32)
+    assert isinstance(p32.model, ViTClassifier) and p32.model.config == p.model.config
+    assert p32.model is not p.model and next(p.model.parameters()).dtype == torch.float64   # a converted copy
+    assert all(t.dtype == torch.float32 for t in p32.model.parameters()) and p32.data.x.dtype == torch.float32
+    assert p32.num_batches == 2 and torch.equal(p32.theta0, p.theta0.float())
+    assert torch.equal(p32.to(torch.float64).theta0, p.theta0)     # make_vit draws in float32: exact round trip
+    L64 = float(p.objective(p.theta0))
+    assert abs(float(p32.objective(p32.theta0)) - L64) <= 1e-5 * L64
+    moved = make_problem(p.model, "ce", p.data, theta0=p.theta0 + 0.25)
+    assert torch.equal(moved.to(torch.float32).theta0, (p.theta0 + 0.25).float())
+
+
+@pytest.mark.parametrize("features, classes, message", [
+    (60, 3, r"the data has 60 input features but the ViT reads 1x8x8 images \(64 features\): give it flat 1x8x8 "
+            r"images, or a ViTConfig with channels \* image_size\^2 = 60"),
+    (64, 4, r"the data has 4 classes but the ViT has 3 outputs: build it with ViTConfig\(num_classes=4\)"),
+])
+def test_vit_data_mismatch_suggests_the_fix(features, classes, message):
+    config = ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, num_classes=3, channels=1)
+    with pytest.raises(ValueError, match=message):
+        make_problem(make_vit(config), "ce", synthetic(12, features, classes))

@@ -1,5 +1,6 @@
 """Unit tests of tvtheory.theorems: verdicts of T1, C1, T4 and the optimizer check, the per-epoch rows,
-and the refusal of T2-T4 for ReLU. (T2 and T3 end to end are exercised by test_cli.py.)"""
+the refusal of T2-T4 for ReLU, and the same checks on a tiny ViT (T4 and the T2(c)/T3 bounds n/a).
+(T2 and T3 end to end are exercised by test_cli.py.)"""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import pytest
 import torch
 
 import tvtheory.theorems as theorems
+from tvtheory.bounds import T4_NOTE
 from tvtheory.data import split_by_label
 from tvtheory.optimizers import OptimizerSpec
 from tvtheory.theorems import (
     Verdict,
     asymptotic_eta,
     epoch_rows,
+    gradient_sum_length,
     loglog_slope,
+    step_hessian_bounds,
     verify_c1,
     verify_optimizer,
     verify_t1,
@@ -174,3 +178,56 @@ def test_loglog_slope_and_asymptotic_eta():
     assert loglog_slope(x, [3 * t ** 3 for t in x]) == pytest.approx(3.0, abs=1e-12)
     assert asymptotic_eta(2.0, 5) == pytest.approx(0.01, rel=2 * 2.0 ** -53, abs=0)
     assert math.isfinite(asymptotic_eta(0.0, 5))
+
+
+def test_gradient_sum_length_of_an_mlp_is_n_plus_max_width_plus_layers(make_small_problem):
+    p = make_small_problem(widths=(4, 9, 6, 3), n=40)
+    assert gradient_sum_length(p) == 4 * (40 + 9 + 4)
+
+
+def test_t1_c1_and_the_optimizer_hold_on_a_vit(make_vit_problem):
+    p = make_vit_problem()
+    t1 = verify_t1(p, 0.1)
+    assert t1.holds is True and "P = 827" in t1.message
+    assert verify_c1(p, 0.1, split_by_label(p.data, 2)).holds is True
+    spec = OptimizerSpec("momentum", 0.05)
+    traj = run_optimizer(p.objective, p.theta0, spec.make, 2, lr_for_messages=spec.lr)
+    assert verify_optimizer(p, spec, traj).holds is True
+
+
+def test_verify_t2_on_a_vit_measures_slope_3_without_a_bound(make_vit_problem):
+    """T2(a) and (b) need only C^2 and HVPs; (c) needs T4's M_j, which a ViT does not have."""
+    v = verify_t2(make_vit_problem(), 0.1, 3)
+    assert v.theorem == "T2" and v.holds is True
+    slope = v.details["slope"]
+    assert slope["resolved"] >= 3 and slope["slope"] == pytest.approx(3.0, abs=0.1)
+    assert v.margin == slope["slope"]
+    assert v.details["bound_holds"] is None and v.details["min_bound_ratio"] is None
+    assert v.message.startswith("(c) n/a: no T4 bound M_j for this network; (a) slope of ||R_3|| vs eta = ")
+
+
+def test_verify_t3_on_a_vit_measures_slope_3_without_a_bound(make_vit_problem):
+    v = verify_t3(make_vit_problem(), 0.1, 4)
+    assert v.holds is True and v.margin == v.details["slope"]["slope"] == pytest.approx(3.0, abs=0.1)
+    assert v.details["bound_holds"] is None and v.details["epoch"]["bound"] is None
+    assert "bound n/a (no T4 bound M_b for this network)" in v.message
+
+
+def test_verify_t4_is_not_applicable_to_a_vit(make_vit_problem):
+    p = make_vit_problem()
+    v = verify_t4(p, [p.theta0])
+    assert v.theorem == "T4" and v.holds is None and v.margin is None and v.message == T4_NOTE
+    assert v.to_dict()["applicable"] is False
+    with pytest.raises(ValueError, match=r"T4 \(explicit Hessian bound\) does not apply"):
+        step_hessian_bounds(p, gradient_descent(p.objective, p.theta0, 0.1, 1))
+
+
+def test_epoch_rows_of_a_vit_have_the_second_order_term_but_no_bound(make_vit_problem):
+    p = make_vit_problem()
+    rows = epoch_rows(p, OptimizerSpec("gd", 0.01), gradient_descent(p.objective, p.theta0, 0.01, 3))
+    for r in rows:
+        assert ROW_KEYS | {"rounding_allowance"} == set(r)
+        assert r["bound"] is None and r["bound_ratio"] is None and r["dominance"] is None
+        assert r["rounding_allowance"] is None
+    for r in rows[1:]:
+        assert r["second_order_residual_norm"] < 0.25 * r["error_norm"]   # the second-order term explains E_k

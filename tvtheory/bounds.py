@@ -14,6 +14,7 @@ s_l >= ||W_l||_2 and beta_l >= ||b_l||:
     ||Df[v]|| <= J_L,  ||D^2 f[v, v]|| <= Q_L,  ||hess l(f(x), y)||_2 <= lambda J_L^2 + r Q_L
 (J_l^2 = sum_{m<=l} rho_{m,l}^2 with rho_{m,l} = e_m prod_{k=m+1}^{l} c1 s_k, written as a recursion.)
 The mean loss has Hessian norm at most the mean of the per-example bounds.
+T4 covers this MLP only: for a ViT there is no such bound (``T4_NOTE``), and no M_s for T2(c)/T3.
 """
 
 from __future__ import annotations
@@ -23,12 +24,23 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from .activations import get_activation, require_c2
 from .losses import CE_GRADIENT_BOUND, Loss
-from .models import MLPConfig
+from .models import MLP, MLPConfig
 
 _U64 = 2.0 ** -53
+
+T4_NOTE = ("T4 (explicit Hessian bound) does not apply: it covers feed-forward networks h_l = sigma(W_l h_{l-1} + "
+           "b_l); the ViT has softmax attention (products of parameter-dependent matrices, no bound of that "
+           "form) and LayerNorm. So no rigorous M_j and no T2(c)/T3 a-posteriori bound or dominance number "
+           "eta*M*k is given; E_k and the second-order term are measured (by Hessian-vector products).")
+
+
+def has_curvature_bound(model: nn.Module) -> bool:
+    """Whether T4 bounds this network's Hessian: the MLP only (see ``T4_NOTE``)."""
+    return isinstance(model, MLP)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
-"""A finetuning problem: an MLP at its pretrained point theta_0, a loss, task data and its batches."""
+"""A finetuning problem: a network (MLP or ViT classifier) at its pretrained point theta_0, a loss, task data
+and its batches."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .data import Dataset, partition
 from .losses import Loss, get_loss
-from .models import MLP, make_mlp
+from .models import MLP, ViTClassifier
 from .objective import Objective
 from .params import flat_params
 
@@ -17,9 +20,12 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 @dataclass(frozen=True)
 class Problem:
-    """L (mean loss over the examples used), the batch losses L_b (L = mean_b L_b) and theta_0."""
+    """L (mean loss over the examples used), the batch losses L_b (L = mean_b L_b) and theta_0.
 
-    model: MLP
+    ``model`` gives the structure only (L is evaluated at a flat theta); its ``act`` says whether it is C^2.
+    """
+
+    model: nn.Module
     loss: Loss
     data: Dataset
     objective: Objective
@@ -36,8 +42,7 @@ class Problem:
 
     def to(self, dtype: torch.dtype) -> "Problem":
         """The same problem in another precision (theta_0 converted from this one)."""
-        config = self.model.config
-        model = make_mlp(config.widths, config.activation, config.bias, dtype=dtype)
+        model = copy.deepcopy(self.model).to(dtype)
         return _bind(model, self.loss, self.data.to(dtype), self.num_batches, self.theta0.to(dtype))
 
     def with_batches(self, num_batches: int, seed: int = 0) -> "Problem":
@@ -45,23 +50,40 @@ class Problem:
         return make_problem(self.model, self.loss.name, self.data, num_batches, seed, theta0=self.theta0)
 
 
-def make_problem(model: MLP, loss: str, data: Dataset, num_batches: int = 1, seed: int = 0,
+def make_problem(model: nn.Module, loss: str, data: Dataset, num_batches: int = 1, seed: int = 0,
                  theta0: torch.Tensor | None = None) -> Problem:
     """Bind a model, a loss and data; the data is reordered so batch b is the b-th contiguous block."""
-    widths = model.config.widths
-    if data.x.shape[1] != widths[0]:
-        raise ValueError(f"the data has {data.x.shape[1]} input features but the first width is {widths[0]}: "
-                         f"use --widths {data.x.shape[1]},...,{widths[-1]}")
-    if widths[-1] != data.num_classes:
-        raise ValueError(f"the data has {data.num_classes} classes but the last width is {widths[-1]}: "
-                         f"use --widths {widths[0]},...,{data.num_classes}")
+    check_fits(model, data)
     index = torch.cat(partition(len(data), num_batches, seed))
     dtype = next(model.parameters()).dtype
     theta = flat_params(model) if theta0 is None else theta0.to(dtype)
     return _bind(model, get_loss(loss), data.subset(index).to(dtype), num_batches, theta)
 
 
-def _bind(model: MLP, loss: Loss, data: Dataset, num_batches: int, theta0: torch.Tensor) -> Problem:
+def check_fits(model: nn.Module, data: Dataset) -> None:
+    """The input size and number of outputs of an MLP or a ViT classifier must match the data's features and
+    classes (a message naming the fix); any other module is checked only by its forward pass."""
+    d, classes = data.x.shape[1], data.num_classes
+    if isinstance(model, MLP):
+        widths = model.config.widths
+        if d != widths[0]:
+            raise ValueError(f"the data has {d} input features but the first width is {widths[0]}: "
+                             f"use --widths {d},...,{widths[-1]}")
+        if widths[-1] != classes:
+            raise ValueError(f"the data has {classes} classes but the last width is {widths[-1]}: "
+                             f"use --widths {widths[0]},...,{classes}")
+    elif isinstance(model, ViTClassifier):
+        c = model.config
+        if d != model.in_features:
+            raise ValueError(f"the data has {d} input features but the ViT reads {c.channels}x{c.image_size}x"
+                             f"{c.image_size} images ({model.in_features} features): give it flat {c.channels}x"
+                             f"{c.image_size}x{c.image_size} images, or a ViTConfig with channels * image_size^2 = {d}")
+        if c.num_classes != classes:
+            raise ValueError(f"the data has {classes} classes but the ViT has {c.num_classes} outputs: "
+                             f"build it with ViTConfig(num_classes={classes})")
+
+
+def _bind(model: nn.Module, loss: Loss, data: Dataset, num_batches: int, theta0: torch.Tensor) -> Problem:
     """Batch b is the b-th contiguous block of ``data`` (whose size is a multiple of num_batches)."""
     targets = data.targets(loss.name)
     size = len(data) // num_batches

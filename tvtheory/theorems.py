@@ -8,6 +8,9 @@
 - ``verify_t3``: one epoch of mini-batch SGD: the bound and the remainder slope of T3.
 - ``verify_t4``: the T4 bound against ||hess L||_2 (Lanczos on HVPs) at theta_0 and at theta_K.
 - ``verify_optimizer``: which identity holds for the optimizer the user ran, checked.
+T1, C1 and the optimizer check run on any network, T2(a)/(b) and T3's slope on any C^2 one (MLP or ViT),
+through gradients and Hessian-vector products; what needs T4's M (T4 itself, the T2(c)/T3 bounds and eta M k)
+is n/a for a ViT (``bounds.T4_NOTE``).
 Floating point: E_k is computed from rounded iterates, so inequalities on E_k are checked against the
 bound plus ``rounding_allowance`` (the model of that computation), a term of relative size ~1e-13 here.
 """
@@ -21,7 +24,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .bounds import aposteriori_error_bound, dominance_number, layer_norms, mlp_hessian_bound
+from .bounds import (T4_NOTE, aposteriori_error_bound, dominance_number, has_curvature_bound, layer_norms,
+                     mlp_hessian_bound)
 from .curvature import gradient, hessian_spectral_norm
 from .data import Dataset
 from .expansion import batch_gradients, first_order_terms, second_order_terms
@@ -119,7 +123,9 @@ def verify_c1(problem: Problem, lr: float, tasks: Sequence[Dataset]) -> Verdict:
 
 
 def step_hessian_bounds(problem: Problem, traj: Trajectory) -> list[float]:
-    """M_s: the T4 bound for the batch loss of step s on the segment [theta_0, theta_s]."""
+    """M_s: the T4 bound for the batch loss of step s on the segment [theta_0, theta_s] (MLP only)."""
+    if not has_curvature_bound(problem.model):
+        raise ValueError(T4_NOTE)
     _check_batches(problem, traj)
     config = problem.model.config
     norms0 = layer_norms(config, traj.theta0)
@@ -142,18 +148,25 @@ def rounding_allowance(problem: Problem, traj: Trajectory, lr: float, k: int) ->
 
     Step s computes theta_{s+1} = fl(theta_s - fl(eta g_s)), off by at most gamma_2 (|eta g_s| + |theta_{s+1}|)
     elementwise; the task vector adds u |tau|; each gradient evaluation is modelled as accurate to
-    gamma_m ||g|| with m = 4 (N + max width + L) (backward-stable backpropagation with sums of that length).
+    gamma_m ||g|| (backward-stable backpropagation with sums of that length, ``gradient_sum_length``).
     """
     dtype = traj.theta0.dtype
     u = unit_roundoff(dtype)
     S = k * traj.steps_per_epoch
-    widths = problem.model.config.widths
-    m = 4 * (len(problem.objective) + max(widths) + len(widths))
+    m = gradient_sum_length(problem)
     steps = sum(gamma(2, u) * (lr * traj.grads[s].double().abs() + traj.thetas[s + 1].double().abs())
                 for s in range(S))
     task = u * (traj.thetas[S] - traj.theta0).double().abs()
     grads = 2 * lr * gamma(m, u) * sum(_norm(traj.grads[s]) + _norm(traj.grads[0]) for s in range(S))
     return _norm(steps + task) + grads
+
+
+def gradient_sum_length(problem: Problem) -> int:
+    """m = 4 (N + n + L): N examples, n the largest side of a weight matrix, L the number of weight matrices
+    plus one. For the MLP, n = max width and L = len(widths); for the ViT, n bounds the sums of its Linear
+    maps (its attention sums over the tokens, fewer than n in the CLI's ViTs)."""
+    matrices = [p.shape for p in problem.model.parameters() if p.ndim == 2]
+    return 4 * (len(problem.objective) + max((max(shape) for shape in matrices), default=0) + len(matrices) + 1)
 
 
 def epoch_rows(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> list[dict]:
@@ -166,7 +179,7 @@ def epoch_rows(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> list[
     smooth = problem.model.act.is_c2
     second = (second_order_terms(problem.batch_objectives, theta0, lr, gb, traj.schedule, B)
               if plain and smooth else None)
-    M = step_hessian_bounds(problem, traj) if plain and smooth else None
+    M = step_hessian_bounds(problem, traj) if plain and smooth and has_curvature_bound(problem.model) else None
     gd_first = first_order_terms(lr, gb, traj.schedule, B)
     rows = []
     for k in range(1, traj.epochs + 1):
@@ -176,7 +189,7 @@ def epoch_rows(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> list[
         error = tau - first
         row = {"k": k, "tau_norm": _norm(tau), "first_order_norm": _norm(first), "error_norm": _norm(error),
                "second_order_norm": None, "second_order_residual_norm": None, "bound": None, "bound_ratio": None,
-               "cos_tau_neg_g": cosine(tau, -g), "dominance": None}
+               "cos_tau_neg_g": cosine(tau, -g), "dominance": None, "rounding_allowance": None}
         if second is not None:
             row["second_order_norm"] = _norm(second[k - 1])
             row["second_order_residual_norm"] = _norm(error - second[k - 1])
@@ -239,8 +252,10 @@ def asymptotic_eta(hessian_norm: float, steps: int) -> float:
 
 
 def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | None = None) -> Verdict:
-    """T2 on full-batch GD for k = 1..epochs: (c) ||E_k|| <= bound_k (T4's M_j), (a) slope of ||R_k|| ~ 3,
-    (b) the quadratic series proven symbolically."""
+    """T2 on full-batch GD for k = 1..epochs: (c) ||E_k|| <= bound_k (T4's M_j; n/a without T4), (a) slope of
+    ||R_k|| ~ 3, (b) the quadratic series proven symbolically.
+
+    The margin is the tightest bound/||E_k|| of (c), or the slope of (a) where (c) is n/a (a ViT)."""
     refused = _not_c2("T2", problem)
     if refused:
         return refused
@@ -249,26 +264,32 @@ def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | No
     p64 = problem.to(torch.float64).with_batches(1)
     traj = gradient_descent(p64.objective, p64.theta0, lr, epochs)
     rows = epoch_rows(p64, OptimizerSpec("gd", lr), traj)
-    checked = [r for r in rows if r["k"] >= 2]   # E_1 = 0 exactly: that is T1
-    ratios = [r["bound"] / r["error_norm"] for r in checked if r["error_norm"] > 0]
-    bound_holds = all(r["error_norm"] <= r["bound"] + r["rounding_allowance"] for r in checked)
     k_slope = max(epochs, 3)
     h = hessian_norm if hessian_norm is not None else hessian_spectral_norm(p64.objective, p64.theta0)
     slope = remainder_slope(p64, min(lr, asymptotic_eta(h, k_slope)), k_slope)
     series = prove_quadratic_series(min(max(epochs, 2), 6))
     series_holds = all(series["per_k"].values()) and series["all_k_closed_form"]
-    holds = bound_holds and slope["slope"] > SLOPE_THRESHOLD and series_holds
+    slope_text = (f"(a) slope of ||R_{k_slope}|| vs eta = {slope['slope']:.3f} (> {SLOPE_THRESHOLD}); "
+                  f"(b) quadratic series proven symbolically: {'yes' if series_holds else 'NO'}")
+    expansion_holds = slope["slope"] > SLOPE_THRESHOLD and series_holds
+    if rows[0]["bound"] is None:
+        return Verdict("T2", expansion_holds, slope["slope"],
+                       f"(c) n/a: no T4 bound M_j for this network; {slope_text}",
+                       {"bound_holds": None, "min_bound_ratio": None, "slope": slope, "quadratic_series": series})
+    checked = [r for r in rows if r["k"] >= 2]   # E_1 = 0 exactly: that is T1
+    ratios = [r["bound"] / r["error_norm"] for r in checked if r["error_norm"] > 0]
+    bound_holds = all(r["error_norm"] <= r["bound"] + r["rounding_allowance"] for r in checked)
     tight = min(ratios) if ratios else math.inf
-    return Verdict("T2", holds, tight,
+    return Verdict("T2", bound_holds and expansion_holds, tight,
                    f"(c) ||E_k|| <= bound for k = 2..{epochs}: {'yes' if bound_holds else 'NO'} (tightest bound/||E_k|| "
-                   f"= {tight:.3g}); (a) slope of ||R_{k_slope}|| vs eta = {slope['slope']:.3f} (> {SLOPE_THRESHOLD}); "
-                   f"(b) quadratic series proven symbolically: {'yes' if series_holds else 'NO'}",
+                   f"= {tight:.3g}); {slope_text}",
                    {"bound_holds": bound_holds, "min_bound_ratio": tight, "slope": slope,
                     "quadratic_series": series})
 
 
 def verify_t3(problem: Problem, lr: float, num_batches: int, hessian_norm: float | None = None) -> Verdict:
-    """T3 on one epoch of B-batch SGD: ||E|| <= eta sum_b M_b ||theta_b - theta_0||, and ||R|| = O(eta^3)."""
+    """T3 on one epoch of B-batch SGD: ||E|| <= eta sum_b M_b ||theta_b - theta_0|| (n/a without T4), and
+    ||R|| = O(eta^3). The margin is bound/||E||, or the slope where the bound is n/a (a ViT)."""
     refused = _not_c2("T3", problem)
     if refused:
         return refused
@@ -277,25 +298,32 @@ def verify_t3(problem: Problem, lr: float, num_batches: int, hessian_norm: float
     batches = [torch.arange(i * (n // B), (i + 1) * (n // B)) for i in range(B)]
     traj = gradient_descent(p64.objective, p64.theta0, lr, 1, batches)
     row = epoch_rows(p64, OptimizerSpec("sgd", lr), traj)[0]
-    bound_holds = row["error_norm"] <= row["bound"] + row["rounding_allowance"]
     h = hessian_norm if hessian_norm is not None else hessian_spectral_norm(p64.objective, p64.theta0)
     slope = remainder_slope(p64, min(lr, asymptotic_eta(h, B)), 1)
-    holds = bound_holds and slope["slope"] > SLOPE_THRESHOLD
-    return Verdict("T3", holds, row["bound_ratio"],
+    slope_text = f"slope of ||R|| vs eta = {slope['slope']:.3f} (> {SLOPE_THRESHOLD})"
+    details = {"bound_holds": None, "num_batches": B, "epoch": row, "slope": slope}
+    if row["bound"] is None:
+        return Verdict("T3", slope["slope"] > SLOPE_THRESHOLD, slope["slope"],
+                       f"one epoch of {B} batches: ||E|| = {row['error_norm']:.3g}, bound n/a (no T4 bound M_b for "
+                       f"this network); {slope_text}", details)
+    bound_holds = row["error_norm"] <= row["bound"] + row["rounding_allowance"]
+    return Verdict("T3", bound_holds and slope["slope"] > SLOPE_THRESHOLD, row["bound_ratio"],
                    f"one epoch of {B} batches: ||E|| = {row['error_norm']:.3g} <= bound {row['bound']:.3g}: "
-                   f"{'yes' if bound_holds else 'NO'} (bound/||E|| = {row['bound_ratio']:.3g}); slope of ||R|| vs eta = "
-                   f"{slope['slope']:.3f} (> {SLOPE_THRESHOLD})",
-                   {"bound_holds": bound_holds, "num_batches": B, "epoch": row, "slope": slope})
+                   f"{'yes' if bound_holds else 'NO'} (bound/||E|| = {row['bound_ratio']:.3g}); {slope_text}",
+                   {**details, "bound_holds": bound_holds})
 
 
 def verify_t4(problem: Problem, thetas: Sequence[torch.Tensor],
               hessian_norms: Sequence[float | None] | None = None) -> Verdict:
     """T4: the curvature bound is >= ||hess L||_2 (Lanczos on HVPs, a lower estimate) at each given point.
 
-    ``hessian_norms`` may carry norms already computed for some of the points (None: compute it)."""
+    ``hessian_norms`` may carry norms already computed for some of the points (None: compute it).
+    Not applicable to a network without T4's form (a ViT: ``T4_NOTE``)."""
     refused = _not_c2("T4", problem)
     if refused:
         return refused
+    if not has_curvature_bound(problem.model):
+        return Verdict("T4", None, None, T4_NOTE)
     p64 = problem.to(torch.float64)
     config, f = p64.model.config, p64.objective
     points = []

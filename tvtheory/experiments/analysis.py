@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..bounds import T4_NOTE
 from ..curvature import gradient, hvp
 from ..expansion import first_order_terms
 from ..losses import get_loss
@@ -34,12 +35,6 @@ from ..params import ParamLayout
 from ..task_vectors import cosine, per_layer_cosines
 from ..trajectory import epoch_schedule
 from .dist import DistContext, shard
-
-T4_NOTE = ("T4 (explicit Hessian bound) does not apply: it covers feed-forward networks h_l = sigma(W_l h_{l-1} + "
-           "b_l); the ViT has softmax attention (products of parameter-dependent matrices, no bound of that "
-           "form) and LayerNorm. So no rigorous M_j and no T2(c)/T3 a-posteriori bound or dominance number "
-           "eta*M*k is given; E_k and the second-order term are measured (by Hessian-vector products).")
-
 
 class ChunkedBatchLoss:
     """L_b(theta) = mean CE over ``index`` as a weighted sum of chunk objectives (this rank's shard)."""
