@@ -70,7 +70,7 @@ def draw(result: dict):
     axes[0][0].set_ylabel("$\\|\\nabla L(\\theta_{k-1})\\|$ / sum over shown epochs")
     axes[0][0].plot([], [], ":", color=style.GREY, label="equal shares")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(8, len(labels)), frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), frameon=False)
     src = data["source"]
     fig.suptitle(f"Share of each epoch in the full-batch gradient norm\n({src['configuration']} runs: "
                  f"at most {src['max_train']} training images per task, {src['epochs']} epochs)")

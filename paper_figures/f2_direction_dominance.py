@@ -80,7 +80,7 @@ def draw(result: dict):
     fig.legend(handles, labels, loc="outside lower center", ncol=min(7, len(labels)), frameon=False)
     src = data["source"]
     fig.suptitle(f"Cosine with the final task vector $\\tau^{{(K)}}$, K = {src['epochs']} "
-                 f"({src['configuration']} runs, {src['max_train']} training images per task)")
+                 f"({src['configuration']} runs, at most {src['max_train']} training images per task)")
     return fig
 
 

@@ -75,7 +75,7 @@ def compute(config: dict, bar, folder) -> dict:
 
 
 _BARS = (("merged_one_epoch", "merged, one-epoch $\\tau^{(1)}$", style.BLUE, None),
-         ("merged_converged", "merged, converged $\\tau^{(K)}$", style.ORANGE, "//"))
+         ("merged_converged", "merged, converged $\\tau^{(K)}$", style.SKY, "//"))
 
 
 def draw(result: dict):
