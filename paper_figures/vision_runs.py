@@ -44,11 +44,13 @@ def _run_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*/*.json") if p.stem in OPTIMIZERS)
 
 
-def _run_quick_pipeline(folder: Path) -> None:
+def run_pipeline(folder: Path, args: list[str]) -> None:
+    """``python -m tvtheory.experiments.vision finetune`` then ``merge`` with ``args``, results in ``folder``
+    (results/<name>) and artifacts in runs/<name> beside results/."""
     from tvtheory.experiments import vision
 
     artifacts = folder.parent.parent / "runs" / folder.name        # results/vision-quick -> runs/vision-quick
-    common = QUICK_ARGS + ["--results", str(folder), "--artifacts", str(artifacts)]
+    common = list(args) + ["--results", str(folder), "--artifacts", str(artifacts)]
     for command in ("finetune", "merge"):
         code = vision.main([command] + common)
         if code != 0:
@@ -69,7 +71,7 @@ def load(folder: str | Path) -> dict:
             print(f"{folder} has no vision results: computing them with the quick configuration "
                   f"(python -m tvtheory.experiments.vision finetune/merge {' '.join(QUICK_ARGS)} "
                   f"--results {source_folder}); this takes a few minutes", flush=True)
-            _run_quick_pipeline(source_folder)
+            run_pipeline(source_folder, QUICK_ARGS)
         else:
             print(f"{folder} has no vision results: using the quick ones in {source_folder}", flush=True)
     runs = {}

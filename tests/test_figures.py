@@ -34,14 +34,6 @@ VISION = ["f1_norm_dominance", "f2_direction_dominance", "f3_merging"]
 SYNTHETIC = ["--synthetic", "--quick", "--epochs", "3", "--tasks", "mnist,cars", "--no-progress"]
 
 
-def _vision_runs(results: Path) -> None:
-    from tvtheory.experiments import vision
-
-    for command in ("finetune", "merge"):
-        assert vision.main([command, *SYNTHETIC, "--results", str(results / "vision"),
-                            "--artifacts", str(results.parent / "runs" / "vision")]) == 0
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """make_all --quick with tiny vision runs recorded first and the theory results computed on the way, with
@@ -49,7 +41,7 @@ def made(tmp_path_factory):
     root = tmp_path_factory.mktemp("figures")
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        _vision_runs(root / "results")
+        vision_runs.run_pipeline(root / "results" / "vision", SYNTHETIC)
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
         for module, config in TINY.items():
             mp.setitem(module.CONFIGS, "quick", config)
@@ -198,7 +190,9 @@ def test_vision_figure_numbers_are_the_recorded_ones(made):
 
             run = _run(results, row["task"], "gd")
             folder = results.parent / "runs" / "vision" / row["task"] / "gd"
-            flat = lambda path: torch.cat([t.double().flatten() for _, t in sorted(load_file(str(path)).items())])  # noqa: E731
+            def flat(path):     # same tensor order for both files: enough for norms of their combination
+                return torch.cat([t.double().flatten() for _, t in sorted(load_file(str(path)).items())])
+
             tau1, g = flat(tau_path(folder, 1)), flat(grad_path(folder, 1))
             slack = 2 * float((tau1 + run["config"]["finetune"]["lr"] * g).norm() / tau1.norm())
             assert abs(row["cos_tau1_tauK"] - row["cos_neg_g_tauK"]) <= slack

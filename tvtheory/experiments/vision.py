@@ -215,9 +215,13 @@ def task_sharpness(task: str, data: dict, head, args, ctx: DistContext) -> dict:
     return out
 
 
+def _auto_lr(opt: str, args) -> bool:
+    """Is the learning rate of ``opt`` set from the curvature (--lr-gd / --lr-sgd auto; AdamW's is a number)?"""
+    return getattr(args, f"lr_{opt}") == "auto"
+
+
 def _learning_rate(opt: str, args, lam: float | None) -> float:
-    lr = {"gd": args.lr_gd, "sgd": args.lr_sgd, "adamw": args.lr_adamw}[opt]
-    return learning_rate(lam, LR_SCALE[opt]) if lr == "auto" else float(lr)
+    return learning_rate(lam, LR_SCALE[opt]) if _auto_lr(opt, args) else float(getattr(args, f"lr_{opt}"))
 
 
 def _finetune_config(opt: str, args, lam: float | None = None) -> FinetuneConfig:
@@ -266,8 +270,7 @@ def run_finetune(task: str, opt: str, data: dict, head, args, ctx: DistContext,
                          f"(0 = no cap) with a seeded subset (seed {args.seed})",
                  "num_val": int(data["val"][0].shape[0]), "num_test": int(data["test"][0].shape[0]),
                  "num_classes": data["num_classes"], "num_batches": result.num_batches},
-        "step_size": {"lr": cfg.lr, "rule": (f"auto: {LR_SCALE[opt]} / lambda_hat" if opt in LR_SCALE and
-                                             getattr(args, f"lr_{opt}") == "auto" else "given"),
+        "step_size": {"lr": cfg.lr, "rule": f"auto: {LR_SCALE[opt]} / lambda_hat" if _auto_lr(opt, args) else "given",
                       "sharpness": curvature},
         "num_params_encoder": layout.size, "probe": head[2], "records": result.records,
         "t1_check": result.t1_check, "resumed_from_epoch": result.resumed_from_epoch,
@@ -285,8 +288,8 @@ def cmd_finetune(args, ctx: DistContext) -> int:
     for task in args.tasks:
         data = load_task_data(task, args)
         head = task_head(task, data, args, ctx)
-        auto = [o for o in args.optimizers if o != "adamw" and getattr(args, f"lr_{o}") == "auto"
-                and not (Path(args.results) / task / f"{o}.json").exists()]
+        auto = [o for o in args.optimizers
+                if _auto_lr(o, args) and not (Path(args.results) / task / f"{o}.json").exists()]
         curvature = task_sharpness(task, data, head, args, ctx) if auto else None
         for opt in args.optimizers:
             run_finetune(task, opt, data, head, args, ctx, curvature)
