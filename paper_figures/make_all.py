@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from . import figures, style
 from tvtheory.io import write_text_atomic
 
+from . import figures, style
 from .results import load_or_compute, render_numbers, result_path
 
 

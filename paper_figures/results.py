@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -142,7 +143,8 @@ def digits_data(samples: int | None = None, seed: int = 0, dtype: torch.dtype = 
 @dataclass(frozen=True)
 class Table:
     """A table of numbers.md: the rows at ``path`` in a result (dot-separated keys into the JSON; a list of
-    dicts, or one dict for a one-row table), one column per (label, key)."""
+    dicts, or one dict for a one-row table), one column per (label, key).
+    """
 
     title: str
     path: str

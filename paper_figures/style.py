@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tvtheory.io import atomic_path
-
 import matplotlib
+
+from tvtheory.io import atomic_path
 
 matplotlib.use("Agg")
 
@@ -96,7 +96,8 @@ def _atomic_savefig(fig, path: Path, fmt: str) -> None:
 
 def save(fig, name: str, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Write ``<out_dir>/<name>.pdf`` and ``.png`` (default out_dir: paper_figures/out/), each atomically
-    (temporary file in the same folder, then os.replace), close the figure, and return the two paths."""
+    (temporary file in the same folder, then os.replace), close the figure, and return the two paths.
+    """
     out = Path(out_dir) if out_dir is not None else OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -46,7 +46,8 @@ def _run_files(folder: Path) -> list[Path]:
 
 def run_pipeline(folder: Path, args: list[str]) -> None:
     """``python -m tvtheory.experiments.vision finetune`` then ``merge`` with ``args``, results in ``folder``
-    (results/<name>) and artifacts in runs/<name> beside results/."""
+    (results/<name>) and artifacts in runs/<name> beside results/.
+    """
     from tvtheory.experiments import vision
 
     artifacts = folder.parent.parent / "runs" / folder.name        # results/vision-quick -> runs/vision-quick

@@ -7,14 +7,20 @@ import math
 
 import pytest
 import torch
-
 from experiments_helpers import tiny_data, tiny_model
+
+from tvtheory.curvature import gradient, hvp
 from tvtheory.expansion import second_order_terms
-from tvtheory.experiments.analysis import (T4_NOTE, ChunkedBatchLoss, direction_stats, expansion_stats, norm_stats,
-                                           second_order_periodic)
+from tvtheory.experiments.analysis import (
+    T4_NOTE,
+    ChunkedBatchLoss,
+    direction_stats,
+    expansion_stats,
+    norm_stats,
+    second_order_periodic,
+)
 from tvtheory.experiments.dist import DistContext
 from tvtheory.experiments.finetune import FinetuneConfig, finetune, load_vector, make_batches, tau_path
-from tvtheory.curvature import gradient, hvp
 from tvtheory.losses import get_loss
 from tvtheory.objective import Objective
 from tvtheory.params import ParamLayout, flat_params

@@ -6,10 +6,17 @@ import copy
 
 import pytest
 import torch
-
 from experiments_helpers import tiny_data, tiny_model
-from tvtheory.experiments.finetune import (FinetuneConfig, finetune, grad_path, load_vector, make_batches,
-                                          make_optimizer, tau_path)
+
+from tvtheory.experiments.finetune import (
+    FinetuneConfig,
+    finetune,
+    grad_path,
+    load_vector,
+    make_batches,
+    make_optimizer,
+    tau_path,
+)
 from tvtheory.losses import get_loss
 from tvtheory.objective import Objective
 from tvtheory.params import ParamLayout, flat_params

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from experiments_helpers import tiny_encoder
+
 from tvtheory.experiments.merging import merge_and_evaluate
 from tvtheory.experiments.probe import TEMPERATURE_GRID, FrozenHeadClassifier, ce_sum, fit_probe
 from tvtheory.losses import cross_entropy

@@ -16,8 +16,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # paper_figures is not an installed package
 
-from paper_figures import (f1_norm_dominance, f2_direction_dominance, f4_second_order,  # noqa: E402
-                           f5_curvature_bound, f6_floating_point, figures, make_all, vision_runs)
+from paper_figures import (  # noqa: E402
+    f1_norm_dominance,
+    f2_direction_dominance,
+    f4_second_order,
+    f5_curvature_bound,
+    f6_floating_point,
+    figures,
+    make_all,
+    vision_runs,
+)
 from paper_figures.results import format_cell, load, load_or_compute, resolve, result_path  # noqa: E402
 
 TINY = {

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest

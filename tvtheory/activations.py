@@ -16,8 +16,8 @@ in docs/theory.md and are re-derived with mpmath in tests/test_activation_consta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -29,8 +29,7 @@ from .losses import LOSSES
 from .models import make_mlp, make_vit
 from .optimizers import OPTIMIZERS, OptimizerSpec
 from .problem import DTYPES, make_problem
-from .theorems import (Verdict, epoch_rows, verify_c1, verify_optimizer, verify_t1, verify_t2, verify_t3,
-                       verify_t4)
+from .theorems import Verdict, epoch_rows, verify_c1, verify_optimizer, verify_t1, verify_t2, verify_t3, verify_t4
 from .trajectory import DivergenceError, run_optimizer
 from .vision.vit import ViTConfig
 
@@ -115,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 def validate(args: argparse.Namespace) -> OptimizerSpec:
     """Reject bad input with a message naming the problem and the fix, and fill in the architecture's size
     defaults (--widths and --activation for mlp, --vit for vit); returns the optimizer spec (whose
-    constructor checks the optimizer name, momentum and weight decay)."""
+    constructor checks the optimizer name, momentum and weight decay).
+    """
     if not (args.lr > 0 and args.lr < float("inf")):
         raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
     spec = OptimizerSpec(args.optimizer, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -153,7 +153,8 @@ def validate(args: argparse.Namespace) -> OptimizerSpec:
 
 def build_model(args: argparse.Namespace, dtype: torch.dtype) -> tuple[nn.Module, Dataset]:
     """The network and the data of a validated run: the MLP of --widths, or the ViT of --vit on VIT_INPUT
-    (--data synthetic: widths[0] features and widths[-1] classes for the MLP, digits' shapes for the ViT)."""
+    (--data synthetic: widths[0] features and widths[-1] classes for the MLP, digits' shapes for the ViT).
+    """
     def data(features: int, classes: int) -> Dataset:
         return digits(dtype) if args.data == "digits" else synthetic(args.samples, features, classes, args.seed, dtype)
 

@@ -20,8 +20,8 @@ T4 covers this MLP only: for a ViT there is no such bound (``T4_NOTE``), and no 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ class LayerNorms:
     weight: torch.Tensor
     bias: torch.Tensor
 
-    def max(self, other: "LayerNorms") -> "LayerNorms":
+    def max(self, other: LayerNorms) -> LayerNorms:
         """Norm bounds valid on the whole segment between two points (norms are convex)."""
         return LayerNorms(torch.maximum(self.weight, other.weight), torch.maximum(self.bias, other.bias))
 

@@ -33,10 +33,10 @@ class Dataset:
             return torch.nn.functional.one_hot(self.y, self.num_classes).to(self.x.dtype)
         return self.y
 
-    def subset(self, index: torch.Tensor, name: str | None = None) -> "Dataset":
+    def subset(self, index: torch.Tensor, name: str | None = None) -> Dataset:
         return Dataset(name or self.name, self.x[index], self.y[index], self.num_classes)
 
-    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> "Dataset":
+    def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Dataset:
         return Dataset(self.name, self.x.to(device=device, dtype=dtype), self.y.to(device), self.num_classes)
 
 

@@ -11,7 +11,7 @@ For a quadratic loss the expansion is a finite series (T2(b)), ``quadratic_serie
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

@@ -13,8 +13,8 @@ subtraction. Other optimizers change the update and therefore the number of roun
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -32,7 +32,8 @@ def unit_roundoff(dtype: torch.dtype) -> float:
 
 def underflow_unit(dtype: torch.dtype) -> float:
     """The smallest positive subnormal, 2 u x (smallest normal): it bounds the absolute error of a product
-    that underflows (half of it would be sharp, but 2^-1075 is not representable in float64)."""
+    that underflows (half of it would be sharp, but 2^-1075 is not representable in float64).
+    """
     return float(torch.finfo(dtype).smallest_normal) * 2 * unit_roundoff(dtype)
 
 

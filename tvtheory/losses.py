@@ -12,8 +12,8 @@ forward-over-reverse Hessian-vector products work through them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -7,8 +7,8 @@ Each exposes ``act``, its elementwise activation: T2 and T3 need the network to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -35,6 +35,6 @@ class Objective:
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def subset(self, index: torch.Tensor) -> "Objective":
+    def subset(self, index: torch.Tensor) -> Objective:
         """The mean loss on a subset of the examples (a batch loss L_b)."""
         return Objective(self.model, self.loss, self.x[index], self.target[index])

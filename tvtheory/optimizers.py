@@ -15,8 +15,8 @@ Over k steps, to first order in eta (gradients frozen at theta_0):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 

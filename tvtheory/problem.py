@@ -1,5 +1,6 @@
 """A finetuning problem: a network (MLP or ViT classifier) at its pretrained point theta_0, a loss, task data
-and its batches."""
+and its batches.
+"""
 
 from __future__ import annotations
 
@@ -40,12 +41,12 @@ class Problem:
     def num_batches(self) -> int:
         return len(self.batch_objectives)
 
-    def to(self, dtype: torch.dtype) -> "Problem":
+    def to(self, dtype: torch.dtype) -> Problem:
         """The same problem in another precision (theta_0 converted from this one)."""
         model = copy.deepcopy(self.model).to(dtype)
         return _bind(model, self.loss, self.data.to(dtype), self.num_batches, self.theta0.to(dtype))
 
-    def with_batches(self, num_batches: int, seed: int = 0) -> "Problem":
+    def with_batches(self, num_batches: int, seed: int = 0) -> Problem:
         """The same task split into B equal batches (leftover examples dropped)."""
         return make_problem(self.model, self.loss.name, self.data, num_batches, seed, theta0=self.theta0)
 
@@ -62,7 +63,8 @@ def make_problem(model: nn.Module, loss: str, data: Dataset, num_batches: int = 
 
 def check_fits(model: nn.Module, data: Dataset) -> None:
     """The input size and number of outputs of an MLP or a ViT classifier must match the data's features and
-    classes (a message naming the fix); any other module is checked only by its forward pass."""
+    classes (a message naming the fix); any other module is checked only by its forward pass.
+    """
     d, classes = data.x.shape[1], data.num_classes
     if isinstance(model, MLP):
         widths = model.config.widths

@@ -21,7 +21,7 @@ and the record says ``False``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import sympy as sp
 

@@ -6,7 +6,7 @@ sum_t tau_t^(1) = -eta T grad L_MT(theta_0), L_MT = (1/T) sum_t L_t (corollary C
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

@@ -18,14 +18,20 @@ bound plus ``rounding_allowance`` (the model of that computation), a term of rel
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from .bounds import (T4_NOTE, aposteriori_error_bound, dominance_number, has_curvature_bound, layer_norms,
-                     mlp_hessian_bound)
+from .bounds import (
+    T4_NOTE,
+    aposteriori_error_bound,
+    dominance_number,
+    has_curvature_bound,
+    layer_norms,
+    mlp_hessian_bound,
+)
 from .curvature import gradient, hessian_spectral_norm
 from .data import Dataset
 from .expansion import batch_gradients, first_order_terms, second_order_terms
@@ -164,7 +170,8 @@ def rounding_allowance(problem: Problem, traj: Trajectory, lr: float, k: int) ->
 def gradient_sum_length(problem: Problem) -> int:
     """m = 4 (N + n + L): N examples, n the largest side of a weight matrix, L the number of weight matrices
     plus one. For the MLP, n = max width and L = len(widths); for the ViT, n bounds the sums of its Linear
-    maps (its attention sums over the tokens, fewer than n in the CLI's ViTs)."""
+    maps (its attention sums over the tokens, fewer than n in the CLI's ViTs).
+    """
     matrices = [p.shape for p in problem.model.parameters() if p.ndim == 2]
     return 4 * (len(problem.objective) + max((max(shape) for shape in matrices), default=0) + len(matrices) + 1)
 
@@ -255,7 +262,8 @@ def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | No
     """T2 on full-batch GD for k = 1..epochs: (c) ||E_k|| <= bound_k (T4's M_j; n/a without T4), (a) slope of
     ||R_k|| ~ 3, (b) the quadratic series proven symbolically.
 
-    The margin is the tightest bound/||E_k|| of (c), or the slope of (a) where (c) is n/a (a ViT)."""
+    The margin is the tightest bound/||E_k|| of (c), or the slope of (a) where (c) is n/a (a ViT).
+    """
     refused = _not_c2("T2", problem)
     if refused:
         return refused
@@ -289,7 +297,8 @@ def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | No
 
 def verify_t3(problem: Problem, lr: float, num_batches: int, hessian_norm: float | None = None) -> Verdict:
     """T3 on one epoch of B-batch SGD: ||E|| <= eta sum_b M_b ||theta_b - theta_0|| (n/a without T4), and
-    ||R|| = O(eta^3). The margin is bound/||E||, or the slope where the bound is n/a (a ViT)."""
+    ||R|| = O(eta^3). The margin is bound/||E||, or the slope where the bound is n/a (a ViT).
+    """
     refused = _not_c2("T3", problem)
     if refused:
         return refused
@@ -318,7 +327,8 @@ def verify_t4(problem: Problem, thetas: Sequence[torch.Tensor],
     """T4: the curvature bound is >= ||hess L||_2 (Lanczos on HVPs, a lower estimate) at each given point.
 
     ``hessian_norms`` may carry norms already computed for some of the points (None: compute it).
-    Not applicable to a network without T4's form (a ViT: ``T4_NOTE``)."""
+    Not applicable to a network without T4's form (a ViT: ``T4_NOTE``).
+    """
     refused = _not_c2("T4", problem)
     if refused:
         return refused
@@ -343,7 +353,8 @@ def verify_t4(problem: Problem, thetas: Sequence[torch.Tensor],
 
 def verify_optimizer(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> Verdict:
     """The identity that holds for the optimizer the user ran (first step, checked to its FP model), and
-    how far its task vectors are from -eta g after K epochs (relative error, cosine)."""
+    how far its task vectors are from -eta g after K epochs (relative error, cosine).
+    """
     identity = first_step_identity(spec, traj.theta0, traj.thetas[1], traj.grads[0])
     g = gradient(problem.objective, traj.theta0)
     K, B = traj.epochs, traj.steps_per_epoch

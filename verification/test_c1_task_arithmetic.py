@@ -5,12 +5,12 @@ against the floating-point model (T1 residual of each task plus gamma_{T-1} sum_
 """
 
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import learning_rates, problems
 
 from tvtheory.data import Dataset
 from tvtheory.theorems import verify_c1
-
-from strategies import learning_rates, problems
 
 
 @settings(max_examples=100)

@@ -7,14 +7,14 @@ plain SGD step), and the functional step theta - eta * g; in float64 and float32
 """
 
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import learning_rates, problems
 
 from tvtheory.curvature import gradient
 from tvtheory.fp import check_t1, unit_roundoff
 from tvtheory.optimizers import OptimizerSpec
 from tvtheory.trajectory import run_optimizer
-
-from strategies import learning_rates, problems
 
 
 @settings(max_examples=250)

@@ -9,15 +9,15 @@ checks that the slope is really measured.
 """
 
 import torch
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from strategies import problems
 
 from tvtheory.curvature import hessian_spectral_norm
 from tvtheory.data import digits
 from tvtheory.models import make_mlp
 from tvtheory.problem import make_problem
 from tvtheory.theorems import SLOPE_THRESHOLD, asymptotic_eta, remainder_slope
-
-from strategies import problems
 
 
 def _slope(problem, k, h):

@@ -8,14 +8,14 @@ comparison adds the rounding allowance of that computation (tvtheory.theorems.ro
 import math
 
 import torch
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from strategies import learning_rates, problems
 
 from tvtheory.bounds import coarse_error_bound
 from tvtheory.optimizers import OptimizerSpec
 from tvtheory.theorems import epoch_rows, step_hessian_bounds
 from tvtheory.trajectory import DivergenceError, gradient_descent
-
-from strategies import learning_rates, problems
 
 
 @settings(max_examples=100)

@@ -9,15 +9,15 @@
 """
 
 import torch
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from strategies import learning_rates, problems
 
 from tvtheory.curvature import gradient, hessian_spectral_norm
 from tvtheory.fp import check_t1
 from tvtheory.optimizers import OptimizerSpec, first_step_identity, momentum_coefficient
 from tvtheory.theorems import SLOPE_THRESHOLD, asymptotic_eta, epoch_rows, loglog_slope, remainder_slope
 from tvtheory.trajectory import DivergenceError, gradient_descent, run_optimizer
-
-from strategies import learning_rates, problems
 
 
 def _batches(problem):

@@ -11,14 +11,14 @@ m = 4 (N + max width + L); the bound itself is rounded up in tvtheory.bounds.
 """
 
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import problems
 from torch.func import functional_call, jvp
 
 from tvtheory.bounds import layer_norms, mlp_hessian_bound
 from tvtheory.curvature import hessian_spectral_norm
 from tvtheory.fp import gamma, unit_roundoff
-
-from strategies import problems
 
 
 def _hessian_norm(problem, theta):

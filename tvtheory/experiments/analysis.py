@@ -21,7 +21,7 @@ batch loss in memory at once.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from ..params import ParamLayout
 from ..task_vectors import cosine, per_layer_cosines
 from ..trajectory import epoch_schedule
 from .dist import DistContext, shard
+
 
 class ChunkedBatchLoss:
     """L_b(theta) = mean CE over ``index`` as a weighted sum of chunk objectives (this rank's shard)."""

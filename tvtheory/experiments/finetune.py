@@ -26,19 +26,19 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..io import atomic_path
 from ..fp import check_t1
+from ..io import atomic_path
 from ..params import ParamLayout, flat_grads, flat_params, load_flat_
 from ..task_vectors import task_vector
-from ..trajectory import DivergenceError, DIVERGENCE_FACTOR
+from ..trajectory import DIVERGENCE_FACTOR, DivergenceError
 from .dist import DistContext, shard
 from .probe import ce_sum
 

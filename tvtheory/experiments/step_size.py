@@ -17,7 +17,7 @@ is a lower bound of ||H||_2, so c is taken well below 2.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

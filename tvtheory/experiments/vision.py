@@ -38,8 +38,8 @@ from .analysis import T4_NOTE, direction_stats, expansion_stats, norm_stats
 from .dist import DistContext, init_from_env, shard
 from .finetune import FinetuneConfig, finetune, grad_path, load_vector, make_batches, tau_path
 from .merging import DEFAULT_ALPHA_GRID, merge_and_evaluate
-from .step_size import learning_rate, sharpness
 from .probe import FrozenHeadClassifier, accuracy, features, fit_probe
+from .step_size import learning_rate, sharpness
 
 OPTIMIZERS = ("gd", "sgd", "adamw")
 QUICK = {"epochs": 3, "max_train": 256, "max_val": 128, "max_test": 256, "batch_size": 64, "sharpness_subset": 64}
@@ -72,7 +72,8 @@ def load_task_data(task: str, args) -> dict:
 
 def _task_splits(task: str, args) -> tuple[tuple, tuple, int]:
     """(x, y) of the train and test splits at the encoder's image size, and the number of classes: read from
-    the task's --task-folder, or from the dataset zips for a built-in task."""
+    the task's --task-folder, or from the dataset zips for a built-in task.
+    """
     from ..vision.datasets import dataset_info, get_task, load_folder_task, load_task
 
     size = _config(args).image_size
@@ -104,7 +105,8 @@ _PRETRAINED_CACHE: dict = {}
 
 def _load(args):
     """(encoder, config), loaded once per process: a seeded random tiny ViT with --synthetic, the image tower of
-    a CLIP checkpoint with --pretrained open_clip:<model>:<path>, else a ViT written by save_encoder."""
+    a CLIP checkpoint with --pretrained open_clip:<model>:<path>, else a ViT written by save_encoder.
+    """
     key = (args.synthetic, args.pretrained)
     if key not in _PRETRAINED_CACHE:
         from ..vision.clip import OPEN_CLIP_PREFIX, load_open_clip, parse_open_clip_spec
@@ -136,7 +138,8 @@ def _config(args):
 
 def _prepare(args):
     """uint8 images -> encoder input in --dtype, normalised with the encoder's statistics: ``config.mean`` /
-    ``config.std`` where the config has them (CLIP's), else CIFAR-10's (the small ViT was pretrained with them)."""
+    ``config.std`` where the config has them (CLIP's), else CIFAR-10's (the small ViT was pretrained with them).
+    """
     from ..vision.datasets import MEAN, STD, normalize
 
     cfg, dtype = _config(args), _dtype(args)

@@ -91,7 +91,7 @@ class ViTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ViTConfig":
+    def from_dict(cls, d: dict) -> ViTConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (they signal a version mismatch)."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
