@@ -40,7 +40,7 @@ from tvtheory.experiments.finetune import FinetuneConfig, finetune, make_batches
 from tvtheory.experiments.probe import FrozenHeadClassifier  # noqa: E402
 from tvtheory.io import versions, write_json_atomic  # noqa: E402
 from tvtheory.vision.datasets import normalize  # noqa: E402
-from tvtheory.vision.vit import load_pretrained  # noqa: E402
+from tvtheory.models.vit import load_pretrained  # noqa: E402
 
 LR = {"gd": 1e-3, "sgd": 1e-3, "adamw": 1e-4}
 

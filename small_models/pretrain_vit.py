@@ -42,7 +42,7 @@ from tqdm import tqdm  # noqa: E402
 
 from tvtheory.io import atomic_path, versions, write_text_atomic  # noqa: E402
 from tvtheory.vision.datasets import PRETRAIN_TASK, dataset_info, load_task, normalize  # noqa: E402
-from tvtheory.vision.vit import ViT, ViTConfig, count_parameters, save_encoder  # noqa: E402
+from tvtheory.models.vit import ViT, ViTConfig, count_parameters, save_encoder  # noqa: E402
 
 MODEL_NAME = "vit_cifar5"
 # Hyper-parameters that must match for --resume to continue a run.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tvtheory.experiments.probe import FrozenHeadClassifier
-from tvtheory.vision.vit import ViT, ViTConfig
+from tvtheory.models.vit import ViT, ViTConfig
 
 TINY = ViTConfig(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32, num_classes=0)
 

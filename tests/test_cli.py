@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-import tvtheory.bound as bound
-from tvtheory.bound import main, parse_vit, parse_widths
+import tvtheory.cli as bound
+from tvtheory.cli import main, parse_vit, parse_widths
 from tvtheory.bounds import T4_NOTE
 
 SMALL = ["--data", "synthetic", "--samples", "64", "--widths", "5,8,3", "--epochs", "3", "--no-progress"]

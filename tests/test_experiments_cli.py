@@ -138,7 +138,7 @@ def test_task_folder_end_to_end(tmp_path):
     its images are read at the encoder's image size (12 px PNGs, an 8 px encoder)."""
     from experiments_helpers import tiny_encoder, write_image_folder
 
-    from tvtheory.vision.vit import save_encoder
+    from tvtheory.models.vit import save_encoder
 
     root = write_image_folder(tmp_path / "shapes")                       # 3 classes, 10 train + 3 test each
     weights = save_encoder(tiny_encoder(), tmp_path / "tiny.safetensors")

@@ -43,7 +43,7 @@ def test_frozen_head_has_encoder_parameters_only():
     assert set(dict(model.named_buffers())) == {"head_weight", "head_bias"}
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     assert torch.equal(model(x), enc.encode(x) @ w.T + b)
-    from tvtheory.vision.vit import ViT, ViTConfig
+    from tvtheory.models.vit import ViT, ViTConfig
     with pytest.raises(ValueError, match="no head"):
         FrozenHeadClassifier(ViT(ViTConfig(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32,
                                            num_classes=3)), torch.ones(3, 16), torch.zeros(3))

@@ -9,19 +9,20 @@ from tvtheory.data import partition, synthetic
 from tvtheory.models import ViTClassifier, make_mlp, make_vit
 from tvtheory.params import flat_params
 from tvtheory.problem import DTYPES, make_problem
-from tvtheory.vision.vit import ViTConfig
+from tvtheory.models.vit import ViTConfig
 
 
-def test_input_width_mismatch_suggests_the_fix():
+def test_input_width_mismatch_names_the_model_fix():
     data = synthetic(20, 5, 3)
-    with pytest.raises(ValueError, match=r"the data has 5 input features but the first width is 4: "
-                                         r"use --widths 5,\.\.\.,3"):
+    with pytest.raises(ValueError, match=r"the data has 5 input features but the MLP's first width is 4 "
+                                         r"\(widths \(4, 6, 3\)\): build it with widths \(5, \.\.\., 3\)"):
         make_problem(make_mlp((4, 6, 3)), "ce", data)
 
 
-def test_output_width_mismatch_suggests_the_fix():
+def test_output_width_mismatch_names_the_model_fix():
     data = synthetic(20, 4, 3)
-    with pytest.raises(ValueError, match=r"the data has 3 classes but the last width is 2: use --widths 4,\.\.\.,3"):
+    with pytest.raises(ValueError, match=r"the data has 3 classes but the MLP's last width is 2 \(widths \(4, 6, 2\)\): "
+                                         r"build it with widths \(4, \.\.\., 3\)"):
         make_problem(make_mlp((4, 6, 2)), "ce", data)
 
 

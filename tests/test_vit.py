@@ -1,4 +1,4 @@
-"""Tests of the compact ViT (tvtheory.vision.vit) on tiny configurations."""
+"""Tests of the compact ViT (tvtheory.models.vit) on tiny configurations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
 
-from tvtheory.vision.vit import (
+from tvtheory.models.vit import (
     CONFIG_METADATA_KEY,
     ViT,
     ViTConfig,

@@ -28,7 +28,7 @@ from torch import nn
 
 from .activations import get_activation, require_c2
 from .losses import CE_GRADIENT_BOUND, Loss
-from .models import MLP, MLPConfig
+from .models.mlp import MLP, MLPConfig
 
 _U64 = 2.0 ** -53
 

@@ -12,7 +12,6 @@ from torch import nn
 
 from .data import Dataset, partition
 from .losses import Loss, get_loss
-from .models import MLP, ViTClassifier
 from .objective import Objective
 from .params import flat_params
 
@@ -62,27 +61,11 @@ def make_problem(model: nn.Module, loss: str, data: Dataset, num_batches: int = 
 
 
 def check_fits(model: nn.Module, data: Dataset) -> None:
-    """The input size and number of outputs of an MLP or a ViT classifier must match the data's features and
-    classes (a message naming the fix); any other module is checked only by its forward pass.
-    """
-    d, classes = data.x.shape[1], data.num_classes
-    if isinstance(model, MLP):
-        widths = model.config.widths
-        if d != widths[0]:
-            raise ValueError(f"the data has {d} input features but the first width is {widths[0]}: "
-                             f"use --widths {d},...,{widths[-1]}")
-        if widths[-1] != classes:
-            raise ValueError(f"the data has {classes} classes but the last width is {widths[-1]}: "
-                             f"use --widths {widths[0]},...,{classes}")
-    elif isinstance(model, ViTClassifier):
-        c = model.config
-        if d != model.in_features:
-            raise ValueError(f"the data has {d} input features but the ViT reads {c.channels}x{c.image_size}x"
-                             f"{c.image_size} images ({model.in_features} features): give it flat {c.channels}x"
-                             f"{c.image_size}x{c.image_size} images, or a ViTConfig with channels * image_size^2 = {d}")
-        if c.num_classes != classes:
-            raise ValueError(f"the data has {classes} classes but the ViT has {c.num_classes} outputs: "
-                             f"build it with ViTConfig(num_classes={classes})")
+    """The model's own shape check (``check_data(features, classes)``, a message naming the fix) where it has
+    one; any other module is checked only by its forward pass."""
+    check = getattr(model, "check_data", None)
+    if check is not None:
+        check(data.x.shape[1], data.num_classes)
 
 
 def _bind(model: nn.Module, loss: Loss, data: Dataset, num_batches: int, theta0: torch.Tensor) -> Problem:

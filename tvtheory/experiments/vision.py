@@ -110,7 +110,7 @@ def _load(args):
     key = (args.synthetic, args.pretrained)
     if key not in _PRETRAINED_CACHE:
         from ..vision.clip import OPEN_CLIP_PREFIX, load_open_clip, parse_open_clip_spec
-        from ..vision.vit import ViT, ViTConfig, load_pretrained
+        from ..models.vit import ViT, ViTConfig, load_pretrained
 
         if args.synthetic:
             cfg = ViTConfig(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32)
@@ -373,7 +373,7 @@ def cmd_report(args, ctx: DistContext) -> int:
 
 def cmd_pretrain_info(args, ctx: DistContext) -> int:
     from ..vision.datasets import PAPER_BENCHMARK_STANDINS, TASKS, dataset_info
-    from ..vision.vit import DEFAULT_PRETRAINED, count_parameters
+    from ..models.vit import DEFAULT_PRETRAINED, count_parameters
 
     info: dict = {"tasks": {}}
     try:

@@ -2,7 +2,7 @@
 
 ``--pretrained open_clip:<model_name>:<checkpoint_path>`` (e.g. ``open_clip:ViT-B-32:/ckpt/model.bin``) builds
 ``open_clip.create_model(model_name, pretrained=checkpoint_path)`` and keeps its image tower, wrapped in
-:class:`CLIPVisualEncoder`: what the pipeline needs from an encoder, like :class:`tvtheory.vision.vit.ViT`
+:class:`CLIPVisualEncoder`: what the pipeline needs from an encoder, like :class:`tvtheory.models.vit.ViT`
 (``encode(x)`` -> features, ``config.image_size``, ``config.dim``, ``config.to_dict()``), plus the
 per-channel statistics its inputs are normalised with (``config.mean`` / ``config.std``: CLIP's).
 

@@ -23,6 +23,7 @@ It was chosen by measured CPU throughput; see ``small_models/README.md`` for the
 from __future__ import annotations
 
 import json
+from importlib import resources
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -30,11 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..activations import Activation, get_activation
 from ..io import atomic_path
+from .seeding import seeded
 
 __all__ = [
     "ViTConfig",
     "ViT",
+    "ViTClassifier",
+    "make_vit",
     "encoder_state_dict",
     "save_encoder",
     "load_pretrained",
@@ -43,8 +48,9 @@ __all__ = [
     "CONFIG_METADATA_KEY",
 ]
 
-#: The shipped pretrained encoder (written by ``small_models/pretrain_vit.py``).
-DEFAULT_PRETRAINED = Path(__file__).resolve().parents[2] / "small_models" / "vit_cifar5.safetensors"
+#: The shipped pretrained encoder (written by ``small_models/pretrain_vit.py``), installed as package data of
+#: ``tvtheory.small_models`` (the repository's ``small_models/`` folder), so a plain ``pip install .`` finds it.
+DEFAULT_PRETRAINED = Path(str(resources.files("tvtheory.small_models").joinpath("vit_cifar5.safetensors")))
 
 #: Key of the JSON-encoded :class:`ViTConfig` in the safetensors metadata.
 CONFIG_METADATA_KEY = "vit_config"
@@ -120,8 +126,8 @@ class Attention(nn.Module):
         return self.proj(out)
 
 
-class MLP(nn.Module):
-    """Linear -> exact GELU -> Linear."""
+class FeedForward(nn.Module):
+    """The block's feed-forward part: Linear -> exact GELU -> Linear."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -140,7 +146,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, mlp_dim)
+        self.mlp = FeedForward(dim, mlp_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -208,6 +214,52 @@ class ViT(nn.Module):
         """Logits (N, num_classes) when the model has a head, else the CLS features (N, dim)."""
         z = self.encode(x)
         return z if self.head is None else self.head(z)
+
+
+class ViTClassifier(nn.Module):
+    """A ViT with a head on flat inputs: x (N x C*S*S) is reshaped to (N, C, S, S) images, f = ViT(x).
+
+    Every operation (affine maps, softmax attention, LayerNorm with eps > 0, exact erf GELU) is C^infinity,
+    so T1-T3 apply; T4's curvature bound covers only the MLP (``tvtheory.bounds.T4_NOTE``).
+    """
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        if config.num_classes < 1:
+            raise ValueError(f"a ViT classifier needs num_classes >= 1, got {config.num_classes}")
+        self.config = config
+        self.act: Activation = get_activation("gelu")
+        self.vit = ViT(config)
+
+    @property
+    def in_features(self) -> int:
+        """C * S * S, the size of one flat input."""
+        return self.config.channels * self.config.image_size ** 2
+
+    def check_data(self, features: int, classes: int) -> None:
+        """The data must hold flat C x S x S images and as many classes as the head has outputs."""
+        c = self.config
+        if features != self.in_features:
+            raise ValueError(f"the data has {features} input features but the ViT reads {c.channels}x{c.image_size}x"
+                             f"{c.image_size} images ({self.in_features} features): give it flat {c.channels}x"
+                             f"{c.image_size}x{c.image_size} images, or a ViTConfig with channels * image_size^2 = "
+                             f"{features}")
+        if c.num_classes != classes:
+            raise ValueError(f"the data has {classes} classes but the ViT has {c.num_classes} outputs: "
+                             f"build it with ViTConfig(num_classes={classes})")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) of flat images x (N, C*S*S)."""
+        c = self.config
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"input has shape {tuple(x.shape)} but the ViT expects N x {self.in_features} "
+                             f"(flat {c.channels}x{c.image_size}x{c.image_size} images)")
+        return self.vit(x.reshape(x.shape[0], c.channels, c.image_size, c.image_size))
+
+
+def make_vit(config: ViTConfig, seed: int = 0, dtype=torch.float64) -> ViTClassifier:
+    """A ViT classifier with the ViT's timm-style initialisation drawn from ``seed`` (same seed, same weights)."""
+    return seeded(lambda: ViTClassifier(config), seed).to(dtype)
 
 
 def encoder_state_dict(model: ViT) -> dict[str, torch.Tensor]:
