@@ -36,8 +36,9 @@ def seeds(config: dict) -> int:
 
 
 def _problem(config: dict):
+    from tvtheory.fp import DTYPES
     from tvtheory.models import make_mlp
-    from tvtheory.problem import DTYPES, make_problem
+    from tvtheory.problem import make_problem
 
     dtype = DTYPES[config["dtype"]]
     data = digits_data(config["samples"], config["seed"], dtype)

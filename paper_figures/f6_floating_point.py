@@ -44,10 +44,10 @@ def _key(dtype: str, seed: int, lr: float) -> str:
 
 def _ratios(config: dict, dtype_name: str, seed: int, lr: float):
     """Per-coordinate |r| / model for one torch.optim.SGD step, and tvtheory's own check of that step."""
-    from tvtheory.fp import check_t1, exact_residual, step_residual_bound
+    from tvtheory.fp import DTYPES, check_t1, exact_residual, step_residual_bound
     from tvtheory.models import make_mlp
     from tvtheory.optimizers import OptimizerSpec
-    from tvtheory.problem import DTYPES, make_problem
+    from tvtheory.problem import make_problem
     from tvtheory.trajectory import run_optimizer
 
     dtype = DTYPES[dtype_name]
@@ -63,6 +63,8 @@ def _ratios(config: dict, dtype_name: str, seed: int, lr: float):
 
 
 def compute(config: dict, bar) -> dict:
+    from tvtheory.fp import DTYPES, unit_roundoff
+
     per_run, ratios = [], {}
     for dtype in config["dtypes"]:
         for run in config["runs"]:
@@ -86,7 +88,7 @@ def compute(config: dict, bar) -> dict:
     bins = [{"lo": float(edges[i]), "hi": float(edges[i + 1]), **{k: int(c[i]) for k, c in counts.items()}}
             for i in range(len(edges) - 1)]
     worst = {d: max((r for r in per_run if r["dtype"] == d), key=lambda r: r["max_ratio"]) for d in config["dtypes"]}
-    summary = [{"dtype": d, "unit_roundoff": 2.0 ** -53 if d == "float64" else 2.0 ** -24,
+    summary = [{"dtype": d, "unit_roundoff": unit_roundoff(DTYPES[d]),
                 "max_ratio": w["max_ratio"], "worst_series": w["series"],
                 "coordinates": sum(r["num_params"] for r in per_run if r["dtype"] == d),
                 "above_one": sum(r["above_one"] for r in per_run if r["dtype"] == d)} for d, w in worst.items()]

@@ -7,8 +7,8 @@ import torch
 
 from tvtheory.data import synthetic
 from tvtheory.models import make_mlp, make_vit
-from tvtheory.problem import make_problem
 from tvtheory.models.vit import ViTConfig
+from tvtheory.problem import make_problem
 
 # A tiny ViT classifier: 1x8x8 images in 4x4 patches, dim 8, one block, 2 heads, 3 classes (P = 827).
 TINY_VIT = ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, num_classes=3, channels=1)

@@ -12,8 +12,8 @@ import sys
 import pytest
 
 import tvtheory.cli as bound
-from tvtheory.cli import main, parse_vit, parse_widths
 from tvtheory.bounds import T4_NOTE
+from tvtheory.cli import main, parse_vit, parse_widths
 
 SMALL = ["--data", "synthetic", "--samples", "64", "--widths", "5,8,3", "--epochs", "3", "--no-progress"]
 HEADER = ["k", "||tau_k||", "||1st order||", "||E_k||", "||E_k - 2nd||", "bound", "bound/||E_k||",

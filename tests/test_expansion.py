@@ -7,15 +7,13 @@ import math
 import pytest
 import torch
 
-import tvtheory.expansion as expansion
 from tvtheory.curvature import dense_hessian, gradient
 from tvtheory.expansion import (
     batch_gradients,
+    batch_hvps,
     first_order_terms,
-    gd_second_order_term,
     quadratic_series,
     second_order_terms,
-    task_vector_error,
 )
 from tvtheory.trajectory import epoch_schedule, gradient_descent
 
@@ -26,13 +24,12 @@ def _norm(v):
     return float(torch.linalg.vector_norm(v))
 
 
-def test_first_order_terms_and_error():
+def test_first_order_terms():
     g = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), torch.tensor([4.0, 4.0])]
     out = first_order_terms(0.5, g, epoch_schedule(3, 2), 3)
     assert len(out) == 2
     assert torch.equal(out[0], torch.tensor([-2.5, -3.0]))
     assert torch.equal(out[1], torch.tensor([-5.0, -6.0]))
-    assert torch.equal(task_vector_error(torch.tensor([1.0, 1.0]), out[0]), torch.tensor([3.5, 4.0]))
 
 
 def test_batch_gradients(make_small_problem):
@@ -54,14 +51,13 @@ def test_second_order_term_full_batch_is_c_k2_h_g(make_small_problem, loss):
     g = gradient(f, theta0)
     Hg = dense_hessian(f, theta0) @ g
     norm_h = float(torch.linalg.matrix_norm(dense_hessian(f, theta0), 2))
-    terms = second_order_terms([f], theta0, lr, [g], epoch_schedule(1, K), 1)
+    terms = second_order_terms(batch_hvps([f], theta0), lr, [g], epoch_schedule(1, K), 1)
     assert len(terms) == K
     assert torch.equal(terms[0], torch.zeros_like(g))              # k = 1: C(1,2) = 0 (T1 is exact)
     for k in range(1, K + 1):
         expected = lr ** 2 * math.comb(k, 2) * Hg
         tol = 16 * U64 * norm_h * _norm(g) * lr ** 2 * math.comb(k, 2)
         assert _norm(terms[k - 1] - expected) <= tol
-        assert _norm(gd_second_order_term(f, theta0, lr, k) - expected) <= tol
 
 
 def _naive_second_order(batch_objectives, theta0, lr, gb, schedule, B):
@@ -77,37 +73,52 @@ def _naive_second_order(batch_objectives, theta0, lr, gb, schedule, B):
     return out, max(float(torch.linalg.matrix_norm(H, 2)) for H in Hs)
 
 
-@pytest.mark.parametrize("K, path, hvps", [(2, "per-epoch", 5), (4, "pairs", 9)])
-def test_second_order_term_three_batches_both_code_paths(make_small_problem, monkeypatch, K, path, hvps):
-    """B = 3 over K epochs equals the naive dense sum. K = 2: B^2 = 9 > K B = 6, so the per-epoch path
-    (one HVP per batch with a nonzero prefix: 2 in epoch 1, 3 in epoch 2); K = 4: B^2 <= K B, the pairs
-    path (the 9 products H_b g_c, cached). The HVP count tells which path ran.
+SHUFFLED = [0, 1, 2, 2, 0, 1, 1, 2, 0, 0, 2, 1]    # a different batch order every epoch: not epoch-periodic
+
+
+@pytest.mark.parametrize("schedule, path, hvps", [
+    (epoch_schedule(3, 2), "periodic closed form", 5),
+    (epoch_schedule(3, 4), "periodic closed form", 5),
+    (SHUFFLED[:6], "per-epoch", 5),
+    (SHUFFLED, "pairs", 9),
+])
+def test_second_order_term_three_batches_every_code_path(make_small_problem, schedule, path, hvps):
+    """B = 3 over K epochs equals the naive dense sum on every path. Epoch-periodic schedules take the closed
+    form (2B - 1 = 5 HVPs for any K >= 2); other schedules the general paths: K = 2, B^2 = 9 > K B = 6, one HVP
+    per batch with a nonzero prefix (2 in epoch 1, 3 in epoch 2); K = 4, B^2 <= K B, the 9 products H_b g_c,
+    cached. The HVP count tells which path ran.
     """
     p = make_small_problem(batches=3)
     theta0, lr, B = p.theta0, 0.2, 3
+    K = len(schedule) // B
     gb = batch_gradients(p.batch_objectives, theta0)
-    schedule = epoch_schedule(B, K)
     calls = []
-    real_hvp = expansion.hvp
-    monkeypatch.setattr(expansion, "hvp", lambda f, th, v: calls.append(1) or real_hvp(f, th, v))
-    terms = second_order_terms(p.batch_objectives, theta0, lr, gb, schedule, B)
+    real = batch_hvps(p.batch_objectives, theta0)
+    terms = second_order_terms(lambda b, v: calls.append(b) or real(b, v), lr, gb, schedule, B)
     assert len(calls) == hvps, path
     naive, norm_h = _naive_second_order(p.batch_objectives, theta0, lr, gb, schedule, B)
     assert len(terms) == len(naive) == K
     G = sum(_norm(g) for g in gb)
-    for k, (a, b) in enumerate(zip(terms, naive), start=1):
+    for k, (a, b) in enumerate(zip(terms, naive, strict=True), start=1):
         # the coefficient of the term is at most (number of step pairs) = C(kB, 2); rounding budget as above
         tol = 16 * U64 * norm_h * G * lr ** 2 * math.comb(k * B, 2)
         assert _norm(a - b) <= tol, (k, _norm(a - b), tol)
         assert _norm(b) > 1e3 * tol                       # the comparison is not vacuous
 
 
+def test_second_order_term_refuses_a_partial_epoch(make_small_problem):
+    p = make_small_problem(batches=3)
+    gb = batch_gradients(p.batch_objectives, p.theta0)
+    with pytest.raises(ValueError, match="whole number of 3-step epochs"):
+        second_order_terms(batch_hvps(p.batch_objectives, p.theta0), 0.1, gb, [0, 1, 2, 0], 3)
+
+
 def test_second_order_term_depends_on_batch_order(make_small_problem):
     """T3's term is order dependent: reversing the batch order changes it (H_b g_c != H_c g_b)."""
     p = make_small_problem(batches=3)
     gb = batch_gradients(p.batch_objectives, p.theta0)
-    fwd = second_order_terms(p.batch_objectives, p.theta0, 0.2, gb, [0, 1, 2], 3)[0]
-    rev = second_order_terms(p.batch_objectives, p.theta0, 0.2, gb, [2, 1, 0], 3)[0]
+    fwd = second_order_terms(batch_hvps(p.batch_objectives, p.theta0), 0.2, gb, [0, 1, 2], 3)[0]
+    rev = second_order_terms(batch_hvps(p.batch_objectives, p.theta0), 0.2, gb, [2, 1, 0], 3)[0]
     assert _norm(fwd - rev) > 1e-3 * _norm(fwd)
 
 
@@ -119,7 +130,7 @@ def test_remainder_is_third_order_in_lr(make_small_problem):
     gb = batch_gradients(p.batch_objectives, theta0)
     schedule = epoch_schedule(B, K)
     first1 = first_order_terms(1.0, gb, schedule, B)[-1]
-    second1 = second_order_terms(p.batch_objectives, theta0, 1.0, gb, schedule, B)[-1]
+    second1 = second_order_terms(batch_hvps(p.batch_objectives, theta0), 1.0, gb, schedule, B)[-1]
     rem = []
     for lr in (0.04, 0.02, 0.01):
         tau = gradient_descent(f, theta0, lr, K, batches).task_vector(K)

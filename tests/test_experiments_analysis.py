@@ -10,14 +10,13 @@ import torch
 from experiments_helpers import tiny_data, tiny_model
 
 from tvtheory.curvature import gradient, hvp
-from tvtheory.expansion import second_order_terms
+from tvtheory.expansion import batch_hvps, second_order_terms
 from tvtheory.experiments.analysis import (
     T4_NOTE,
     ChunkedBatchLoss,
     direction_stats,
     expansion_stats,
     norm_stats,
-    second_order_periodic,
 )
 from tvtheory.experiments.dist import DistContext
 from tvtheory.experiments.finetune import FinetuneConfig, finetune, load_vector, make_batches, tau_path
@@ -32,8 +31,8 @@ def _rel(a, b):
 
 
 def test_chunked_gradient_hvp_and_second_order_equal_library():
-    """Chunked (3 examples a chunk) batch gradients, HVPs and the closed-form periodic second-order term equal
-    the library's one-pass versions (tvtheory.curvature, tvtheory.expansion.second_order_terms).
+    """Chunked (3 examples a chunk) batch gradients, HVPs and the second-order term built on them equal the
+    library's one-pass versions (tvtheory.curvature; tvtheory.expansion.second_order_terms on whole batches).
 
     float64; the two differ only in summation order, so by rounding: n u ||terms|| with n ~ 10^2 chunk and
     coordinate terms, ~1e-14 relative. rel < 1e-10 separates that from any combinatorial error (a wrong
@@ -54,8 +53,8 @@ def test_chunked_gradient_hvp_and_second_order_equal_library():
     cases = {3: (chunked, whole, grads), 1: ([full], [Objective(model, get_loss("ce"), x, y)], [full.grad(theta0)])}
     K = 4
     for B, (chs, objs, grs) in cases.items():
-        ours = second_order_periodic(chs, theta0, 0.1, grs, K)
-        lib = second_order_terms(objs, theta0, 0.1, grs, epoch_schedule(B, K), B)
+        ours = second_order_terms(lambda b, v, chs=chs: chs[b].hvp(theta0, v), 0.1, grs, epoch_schedule(B, K), B)
+        lib = second_order_terms(batch_hvps(objs, theta0), 0.1, grs, epoch_schedule(B, K), B)
         for k in range(K):
             if B == 1 and k == 0:
                 assert float(ours[0].abs().max()) == 0.0 == float(lib[0].abs().max())   # T1: no error term

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from tvtheory.activations import ACTIVATIONS
 from tvtheory.models import MLP, MLPConfig, ViTClassifier, make_mlp, make_vit
-from tvtheory.params import ParamLayout, flat_params
 from tvtheory.models.vit import ViTConfig
+from tvtheory.params import ParamLayout, flat_params
 
 VIT = ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, num_classes=3, channels=1)
 

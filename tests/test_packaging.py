@@ -1,7 +1,8 @@
 """Packaging: every package under tvtheory/ is installed, and the shipped weights are package data."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from tvtheory.models.vit import DEFAULT_PRETRAINED
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from tvtheory.data import partition, synthetic
+from tvtheory.fp import DTYPES
 from tvtheory.models import ViTClassifier, make_mlp, make_vit
-from tvtheory.params import flat_params
-from tvtheory.problem import DTYPES, make_problem
 from tvtheory.models.vit import ViTConfig
+from tvtheory.params import flat_params
+from tvtheory.problem import make_problem
 
 
 def test_input_width_mismatch_names_the_model_fix():

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from tvtheory.curvature import gradient
+from tvtheory.data import contiguous_batches
 from tvtheory.fp import check_t1
 from tvtheory.optimizers import OptimizerSpec
 from tvtheory.params import flat_params
@@ -34,7 +35,7 @@ from tvtheory.trajectory import (
 
 
 def _batches(n, B):
-    return [torch.arange(i * (n // B), (i + 1) * (n // B)) for i in range(B)]
+    return contiguous_batches(n, B)
 
 
 def _round(q: Fraction, dtype: torch.dtype) -> float:

@@ -1,5 +1,6 @@
 """``python -m tvtheory.bound``: the theorem checks' command line (:mod:`tvtheory.cli`) under the name users script
-against. The mathematics of the bounds is in :mod:`tvtheory.bounds`."""
+against. The mathematics of the bounds is in :mod:`tvtheory.bounds`.
+"""
 
 import sys
 

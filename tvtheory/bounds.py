@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from .activations import get_activation, require_c2
+from .fp import unit_roundoff
 from .losses import CE_GRADIENT_BOUND, Loss
 from .models.mlp import MLP, MLPConfig
 
-_U64 = 2.0 ** -53
+_U64 = unit_roundoff(torch.float64)
 
 T4_NOTE = ("T4 (explicit Hessian bound) does not apply: it covers feed-forward networks h_l = sigma(W_l h_{l-1} + "
            "b_l); the ViT has softmax attention (products of parameter-dependent matrices, no bound of that "

@@ -23,15 +23,16 @@ from tqdm.auto import tqdm
 
 from .activations import ACTIVATIONS, get_activation
 from .curvature import hessian_spectral_norm
-from .data import Dataset, digits, split_by_label, synthetic
+from .data import Dataset, contiguous_batches, digits, split_by_label, synthetic
+from .fp import DTYPES
 from .io import versions, write_json_atomic
 from .losses import LOSSES
 from .models import make_mlp, make_vit
+from .models.vit import ViTConfig
 from .optimizers import OPTIMIZERS, OptimizerSpec
-from .problem import DTYPES, make_problem
+from .problem import make_problem
 from .theorems import Verdict, epoch_rows, verify_c1, verify_optimizer, verify_t1, verify_t2, verify_t3, verify_t4
 from .trajectory import DivergenceError, run_optimizer
-from .models.vit import ViTConfig
 
 DATASETS = ("digits", "synthetic")
 MLP_DEFAULTS = {"widths": "64,32,10", "activation": "tanh"}
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> dict:
     model, data = build_model(args, DTYPES[args.dtype])
     problem = make_problem(model, args.loss, data, args.batches, args.seed)
     n, B = len(problem.objective), problem.num_batches
-    batches = None if B == 1 else [torch.arange(i * (n // B), (i + 1) * (n // B)) for i in range(B)]
+    batches = None if B == 1 else contiguous_batches(n, B)
     smooth = model.act.is_c2
     stages = tqdm(total=8, desc="tvtheory.bound", disable=args.no_progress, leave=False)
 

@@ -72,6 +72,16 @@ def split_by_label(data: Dataset, num_tasks: int) -> list[Dataset]:
     return tasks
 
 
+def contiguous_batches(n: int, num_batches: int) -> list[torch.Tensor]:
+    """Batch b = range(b * (n // B), (b + 1) * (n // B)): the batches of a problem whose data ``make_problem``
+    has reordered (the n mod B examples left over are not in any batch).
+    """
+    if num_batches < 1:
+        raise ValueError(f"the number of batches must be >= 1, got {num_batches}")
+    size = n // num_batches
+    return [torch.arange(b * size, (b + 1) * size) for b in range(num_batches)]
+
+
 def partition(n: int, num_batches: int, seed: int = 0) -> list[torch.Tensor]:
     """B equal-size batches partitioning range(B * (n // B)) in a seeded random order (T3).
 

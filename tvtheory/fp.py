@@ -21,6 +21,18 @@ import torch
 _SPLITTER = 134217729.0  # 2^27 + 1, Veltkamp's constant for float64
 
 
+#: The floating-point formats the checks cover, by name (command lines, configs and result files use the names).
+DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
+
+
+def dtype_of(name: str) -> torch.dtype:
+    """The torch dtype called ``name`` ("float64" or "float32")."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}") from None
+
+
 def unit_roundoff(dtype: torch.dtype) -> float:
     """u = 2^-p: 2^-53 for float64, 2^-24 for float32 (round to nearest)."""
     if dtype == torch.float64:

@@ -23,9 +23,14 @@ def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((out - target) ** 2).sum(-1).mean()
 
 
+def cross_entropy_terms(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per example, logsumexp(f(x_i)) - f(x_i)[y_i] (target: int64 class indices)."""
+    return torch.logsumexp(out, dim=-1) - out.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
 def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over examples of logsumexp(f(x_i)) - f(x_i)[y_i] (target: int64 class indices)."""
-    return (torch.logsumexp(out, dim=-1) - out.gather(-1, target.unsqueeze(-1)).squeeze(-1)).mean()
+    """Mean over examples of ``cross_entropy_terms``."""
+    return cross_entropy_terms(out, target).mean()
 
 
 @dataclass(frozen=True)

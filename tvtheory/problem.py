@@ -15,8 +15,6 @@ from .losses import Loss, get_loss
 from .objective import Objective
 from .params import flat_params
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -62,7 +60,8 @@ def make_problem(model: nn.Module, loss: str, data: Dataset, num_batches: int = 
 
 def check_fits(model: nn.Module, data: Dataset) -> None:
     """The model's own shape check (``check_data(features, classes)``, a message naming the fix) where it has
-    one; any other module is checked only by its forward pass."""
+    one; any other module is checked only by its forward pass.
+    """
     check = getattr(model, "check_data", None)
     if check is not None:
         check(data.x.shape[1], data.num_classes)

@@ -33,8 +33,8 @@ from .bounds import (
     mlp_hessian_bound,
 )
 from .curvature import gradient, hessian_spectral_norm
-from .data import Dataset
-from .expansion import batch_gradients, first_order_terms, second_order_terms
+from .data import Dataset, contiguous_batches
+from .expansion import batch_gradients, batch_hvps, first_order_terms, second_order_terms
 from .fp import compare, exact_residual, gamma, step_residual_bound, unit_roundoff
 from .objective import Objective
 from .optimizers import OptimizerSpec, first_order_prediction, first_step_identity, momentum_coefficient
@@ -184,7 +184,7 @@ def epoch_rows(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> list[
     gb = batch_gradients(problem.batch_objectives, theta0)
     plain = spec.name in ("gd", "sgd") and spec.weight_decay == 0
     smooth = problem.model.act.is_c2
-    second = (second_order_terms(problem.batch_objectives, theta0, lr, gb, traj.schedule, B)
+    second = (second_order_terms(batch_hvps(problem.batch_objectives, theta0), lr, gb, traj.schedule, B)
               if plain and smooth else None)
     M = step_hessian_bounds(problem, traj) if plain and smooth and has_curvature_bound(problem.model) else None
     gd_first = first_order_terms(lr, gb, traj.schedule, B)
@@ -222,8 +222,8 @@ def remainder_points(problem: Problem, etas: Sequence[float], epochs: int) -> li
     gb = batch_gradients(problem.batch_objectives, theta0)
     schedule = [b for _ in range(epochs) for b in range(B)]
     first1 = first_order_terms(1.0, gb, schedule, B)[-1]
-    second1 = second_order_terms(problem.batch_objectives, theta0, 1.0, gb, schedule, B)[-1]
-    batches = None if B == 1 else [torch.arange(i * (n // B), (i + 1) * (n // B)) for i in range(B)]
+    second1 = second_order_terms(batch_hvps(problem.batch_objectives, theta0), 1.0, gb, schedule, B)[-1]
+    batches = None if B == 1 else contiguous_batches(n, B)
     out = []
     for eta in etas:
         traj = gradient_descent(problem.objective, theta0, eta, epochs, batches)
@@ -304,7 +304,7 @@ def verify_t3(problem: Problem, lr: float, num_batches: int, hessian_norm: float
         return refused
     p64 = problem.to(torch.float64).with_batches(num_batches)
     n, B = len(p64.objective), num_batches
-    batches = [torch.arange(i * (n // B), (i + 1) * (n // B)) for i in range(B)]
+    batches = contiguous_batches(n, B)
     traj = gradient_descent(p64.objective, p64.theta0, lr, 1, batches)
     row = epoch_rows(p64, OptimizerSpec("sgd", lr), traj)[0]
     h = hessian_norm if hessian_norm is not None else hessian_spectral_norm(p64.objective, p64.theta0)

@@ -66,17 +66,22 @@ def epoch_schedule(num_batches: int, epochs: int) -> list[int]:
     return [b for _ in range(epochs) for b in range(num_batches)]
 
 
-def _check_step(loss: torch.Tensor, first_loss: float, step: int, steps_per_epoch: int, lr: float) -> float:
-    value = float(loss)
-    epoch, within = divmod(step, steps_per_epoch)
-    where = f"epoch {epoch + 1} (step {within + 1} of {steps_per_epoch})"
+def check_loss(value: float, first_loss: float, where: str, lr: float) -> float:
+    """``value`` if the loss is finite and below DIVERGENCE_FACTOR (|first loss| + 1), else a DivergenceError
+    naming ``where`` (e.g. "epoch 3") and the learning rate.
+    """
     if not math.isfinite(value):
         raise DivergenceError(f"the loss became {value} in {where} with learning rate {lr:g}: "
                               "lower the learning rate (GD is stable below 2 / ||H||)")
-    if step > 0 and value > DIVERGENCE_FACTOR * (abs(first_loss) + 1.0):
+    if value > DIVERGENCE_FACTOR * (abs(first_loss) + 1.0):
         raise DivergenceError(f"the loss exploded from {first_loss:.4g} to {value:.4g} in {where} with learning "
                               f"rate {lr:g}: the run diverges; lower the learning rate")
     return value
+
+
+def _check_step(loss: torch.Tensor, first_loss: float, step: int, steps_per_epoch: int, lr: float) -> float:
+    epoch, within = divmod(step, steps_per_epoch)
+    return check_loss(float(loss), first_loss, f"epoch {epoch + 1} (step {within + 1} of {steps_per_epoch})", lr)
 
 
 def gradient_descent(

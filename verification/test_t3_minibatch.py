@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from strategies import learning_rates, problems
 
 from tvtheory.curvature import gradient, hessian_spectral_norm
+from tvtheory.data import contiguous_batches
 from tvtheory.fp import check_t1
 from tvtheory.optimizers import OptimizerSpec, first_step_identity, momentum_coefficient
 from tvtheory.theorems import SLOPE_THRESHOLD, asymptotic_eta, epoch_rows, loglog_slope, remainder_slope
@@ -22,7 +23,7 @@ from tvtheory.trajectory import DivergenceError, gradient_descent, run_optimizer
 
 def _batches(problem):
     n, B = len(problem.objective), problem.num_batches
-    return [torch.arange(i * (n // B), (i + 1) * (n // B)) for i in range(B)]
+    return contiguous_batches(n, B)
 
 
 @settings(max_examples=80)

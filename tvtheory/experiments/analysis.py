@@ -9,13 +9,8 @@ sum_c (n_c/n_b) L_c over chunks c (and over ranks), so
     grad L_b = sum_c (n_c/n_b) grad L_c,     H_b v = sum_c (n_c/n_b) H_c v,
 each term by ``tvtheory.curvature`` on a chunk ``Objective``, summed, then all-reduced.
 
-Second-order term (T2(a), T3) for the epoch-periodic schedule of ``finetune`` (batches 0..B-1 in the same
-order every epoch), in closed form: with S = sum_c g_c and P_b = sum_{c<b} g_c (g_c = grad L_c(theta_0)),
-the prefix before step (k, b) is k S + P_b, so after K epochs
-    eta^2 sum_{k<K} sum_b H_b (k S + P_b) = eta^2 (C(K,2) A + K C),   A = sum_b H_b S,  C = sum_b H_b P_b:
-2B batch HVPs for all K (GD: B = 1, P_0 = 0, the term is eta^2 C(K,2) H g). This equals
-``tvtheory.expansion.second_order_terms`` on the same schedule (checked in the tests), which needs each
-batch loss in memory at once.
+The second-order term (T2(a), T3) is ``tvtheory.expansion.second_order_terms`` with these chunked HVPs: for
+the epoch-periodic schedule of ``finetune`` it takes at most 2B - 1 batch HVPs for all K epochs.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ from torch import nn
 
 from ..bounds import T4_NOTE
 from ..curvature import gradient, hvp
-from ..expansion import first_order_terms
+from ..expansion import first_order_terms, second_order_terms
 from ..losses import get_loss
 from ..objective import Objective
 from ..params import ParamLayout
@@ -62,24 +57,6 @@ class ChunkedBatchLoss:
 
     def hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self._sum(lambda f: hvp(f, theta, v), theta)
-
-
-def second_order_periodic(batches: Sequence[ChunkedBatchLoss], theta0: torch.Tensor, lr: float,
-                          batch_grads: Sequence[torch.Tensor], epochs: int) -> list[torch.Tensor]:
-    """eta^2 (C(k,2) A + k C) for k = 1..epochs (module docstring): the second-order term after each epoch."""
-    total = torch.zeros_like(theta0)
-    for g in batch_grads:
-        total = total + g
-    a = torch.zeros_like(theta0)
-    c = torch.zeros_like(theta0)
-    prefix = torch.zeros_like(theta0)
-    for b, batch in enumerate(batches):
-        if epochs >= 2:
-            a = a + batch.hvp(theta0, total)
-        if b > 0:
-            c = c + batch.hvp(theta0, prefix)
-        prefix = prefix + batch_grads[b]
-    return [lr ** 2 * (math.comb(k, 2) * a + k * c) for k in range(1, epochs + 1)]
 
 
 def _norm(v: torch.Tensor) -> float:
@@ -141,7 +118,7 @@ def expansion_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches:
              "cos_tau_first_order": cosine(taus[k], first[k])} for k in range(K)]
     applies = optimizer in ("gd", "sgd")
     if applies and second_order:
-        second = second_order_periodic(losses, theta0, lr, grads, K)
+        second = second_order_terms(lambda b, v: losses[b].hvp(theta0, v), lr, grads, schedule, len(batches))
         for k in range(K):
             rows[k]["second_order_norm"] = _norm(second[k])
             rows[k]["second_order_residual_norm"] = _norm(taus[k] - first[k] - second[k])

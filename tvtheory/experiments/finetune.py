@@ -36,11 +36,11 @@ from tqdm.auto import tqdm
 
 from ..fp import check_t1
 from ..io import atomic_path
+from ..losses import cross_entropy_terms
 from ..params import ParamLayout, flat_grads, flat_params, load_flat_
 from ..task_vectors import task_vector
-from ..trajectory import DIVERGENCE_FACTOR, DivergenceError
+from ..trajectory import DivergenceError, check_loss
 from .dist import DistContext, shard
-from .probe import ce_sum
 
 OPTIMIZERS = ("gd", "sgd", "adamw")
 
@@ -106,7 +106,7 @@ def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: to
         xb = x[part] if prepare is None else prepare(x[part])
         p0 = params[0]
         out = model(xb.to(device=p0.device, dtype=p0.dtype))
-        loss = ce_sum(out, y[part].to(p0.device)) / n
+        loss = cross_entropy_terms(out, y[part].to(p0.device)).sum() / n
         loss.backward()
         loss_sum += float(loss.detach())
     g = flat_grads(model)
@@ -202,7 +202,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneCo
         full_grad_s = time.perf_counter() - t_epoch
         if first_loss is None:
             first_loss = loss_full
-        _check_loss(loss_full, first_loss, k, cfg.lr)
+        check_loss(loss_full, first_loss, f"epoch {k + 1}", cfg.lr)
         if ctx.is_main:
             save_vector(grad_path(run_dir, k + 1), g_full, layout)
         norms, losses = [], []
@@ -213,7 +213,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneCo
                 loss = loss_full
             else:
                 g, loss = batch_gradient(model, x, y, b, ctx, cfg.chunk_size, prepare)
-            _check_loss(loss, first_loss, k, cfg.lr)
+            check_loss(loss, first_loss, f"epoch {k + 1}", cfg.lr)
             norms.append(float(torch.linalg.vector_norm(g.double())))
             losses.append(loss)
             before = flat_params(model) if (k == 0 and cfg.optimizer == "gd") else None
@@ -244,12 +244,3 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneCo
         ctx.barrier()
     return FinetuneResult(cfg.to_dict(), records, len(batches), int(x.shape[0]), start, t1,
                           time.perf_counter() - t_start)
-
-
-def _check_loss(value: float, first: float, k: int, lr: float) -> None:
-    if not math.isfinite(value):
-        raise DivergenceError(f"the loss became {value} in epoch {k + 1} with learning rate {lr:g}: "
-                              "lower the learning rate")
-    if value > DIVERGENCE_FACTOR * (abs(first) + 1.0):
-        raise DivergenceError(f"the loss exploded from {first:.4g} to {value:.4g} in epoch {k + 1} with learning "
-                              f"rate {lr:g}: lower the learning rate")

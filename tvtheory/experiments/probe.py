@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from ..losses import cross_entropy_terms
 from .dist import DistContext
 
 TEMPERATURE_GRID = tuple(10 ** (e / 8) for e in range(-8, 25))  # 0.1 .. 1000, 33 values
@@ -38,11 +39,6 @@ class FrozenHeadClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder.encode(x) @ self.head_weight.T + self.head_bias
-
-
-def ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """sum_i logsumexp(f_i) - f_i[y_i] (the library's cross-entropy, summed instead of averaged)."""
-    return (torch.logsumexp(logits, dim=-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)).sum()
 
 
 @torch.no_grad()
@@ -81,7 +77,7 @@ def fit_probe(z: torch.Tensor, y: torch.Tensor, num_classes: int, ctx: DistConte
     lam = ridge * float(torch.trace(czz)) / d + 1e-12
     w = torch.linalg.solve(czz + lam * torch.eye(d, dtype=torch.float64, device=z.device), czy).T  # (C, d)
     b = my - w @ mz
-    losses = torch.stack([ce_sum(s * (z64 @ w.T + b), y.to(z.device)) for s in TEMPERATURE_GRID])
+    losses = torch.stack([cross_entropy_terms(s * (z64 @ w.T + b), y.to(z.device)).sum() for s in TEMPERATURE_GRID])
     ctx.all_reduce_sum_(losses)
     best = int(torch.argmin(losses))
     s = TEMPERATURE_GRID[best]

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fp import dtype_of
 from ..io import versions, write_json_atomic
 from ..params import ParamLayout, flat_params, load_flat_
 from .analysis import T4_NOTE, direction_stats, expansion_stats, norm_stats
@@ -109,8 +110,8 @@ def _load(args):
     """
     key = (args.synthetic, args.pretrained)
     if key not in _PRETRAINED_CACHE:
-        from ..vision.clip import OPEN_CLIP_PREFIX, load_open_clip, parse_open_clip_spec
         from ..models.vit import ViT, ViTConfig, load_pretrained
+        from ..vision.clip import OPEN_CLIP_PREFIX, load_open_clip, parse_open_clip_spec
 
         if args.synthetic:
             cfg = ViTConfig(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32)
@@ -148,7 +149,7 @@ def _prepare(args):
 
 
 def _dtype(args) -> torch.dtype:
-    return {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    return dtype_of(args.dtype)
 
 
 # ------------------------------------------------------------------------------------------ head
@@ -372,8 +373,8 @@ def cmd_report(args, ctx: DistContext) -> int:
 
 
 def cmd_pretrain_info(args, ctx: DistContext) -> int:
-    from ..vision.datasets import PAPER_BENCHMARK_STANDINS, TASKS, dataset_info
     from ..models.vit import DEFAULT_PRETRAINED, count_parameters
+    from ..vision.datasets import PAPER_BENCHMARK_STANDINS, TASKS, dataset_info
 
     info: dict = {"tasks": {}}
     try:

@@ -23,8 +23,8 @@ It was chosen by measured CPU throughput; see ``small_models/README.md`` for the
 from __future__ import annotations
 
 import json
-from importlib import resources
 from dataclasses import asdict, dataclass, fields, replace
+from importlib import resources
 from pathlib import Path
 
 import torch
