@@ -4,27 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tvtheory.data import synthetic
-from tvtheory.models import make_mlp, make_vit
-from tvtheory.models.vit import ViTConfig
-from tvtheory.problem import make_problem
-
-# A tiny ViT classifier: 1x8x8 images in 4x4 patches, dim 8, one block, 2 heads, 3 classes (P = 827).
-TINY_VIT = ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, num_classes=3, channels=1)
-
-
-def build_problem(widths=(4, 6, 3), activation="tanh", loss="ce", n=48, batches=1, seed=0,
-                  dtype=torch.float64):
-    """A synthetic task (n Gaussian inputs, linear teacher) bound to a seeded MLP."""
-    data = synthetic(n, widths[0], widths[-1], seed, dtype)
-    return make_problem(make_mlp(widths, activation, seed=seed, dtype=dtype), loss, data, batches, seed)
-
-
-def build_vit_problem(loss="ce", n=32, batches=1, seed=0, dtype=torch.float64):
-    """A synthetic task on flat 1x8x8 images (64 Gaussian features, linear teacher) bound to TINY_VIT."""
-    data = synthetic(n, 64, TINY_VIT.num_classes, seed, dtype)
-    return make_problem(make_vit(TINY_VIT, seed=seed, dtype=dtype), loss, data, batches, seed)
+from cases import build_problem, build_vit_problem
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from experiments_helpers import tiny_data, tiny_model
+from cases import tiny_data, tiny_model
 
 from tvtheory.curvature import gradient, hvp
 from tvtheory.expansion import batch_hvps, second_order_terms

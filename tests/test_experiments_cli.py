@@ -136,7 +136,7 @@ def _folder_run(tmp_path, *extra):
 def test_task_folder_end_to_end(tmp_path):
     """A --task-folder task goes through the built-in tasks' path: 10 % validation split, caps, probe, analysis;
     its images are read at the encoder's image size (12 px PNGs, an 8 px encoder)."""
-    from experiments_helpers import tiny_encoder, write_image_folder
+    from cases import tiny_encoder, write_image_folder
 
     from tvtheory.models.vit import save_encoder
 
@@ -152,7 +152,7 @@ def test_task_folder_end_to_end(tmp_path):
 
 
 def test_task_folder_errors(tmp_path, capsys):
-    from experiments_helpers import write_image_folder
+    from cases import write_image_folder
 
     root = write_image_folder(tmp_path / "shapes", counts=(("train", 2),))
     write_image_folder(root, classes=("circle", "square", "moon"), counts=(("test", 1),))

@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from experiments_helpers import tiny_data, tiny_model
+from cases import tiny_data, tiny_model
 
 from tvtheory.experiments.dist import DistContext
 from tvtheory.experiments.finetune import FinetuneConfig, batch_gradient, finetune, load_vector, tau_path

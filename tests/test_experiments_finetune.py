@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from experiments_helpers import tiny_data, tiny_model
+from cases import tiny_data, tiny_model
 
 from tvtheory.experiments.finetune import (
     FinetuneConfig,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from experiments_helpers import tiny_encoder
+from cases import TINY_ENCODER, tiny_encoder
 
 from tvtheory.experiments.merging import merge_and_evaluate
 from tvtheory.experiments.probe import TEMPERATURE_GRID, FrozenHeadClassifier, fit_probe
@@ -42,10 +44,9 @@ def test_frozen_head_has_encoder_parameters_only():
     assert set(dict(model.named_buffers())) == {"head_weight", "head_bias"}
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     assert torch.equal(model(x), enc.encode(x) @ w.T + b)
-    from tvtheory.models.vit import ViT, ViTConfig
+    from tvtheory.models.vit import ViT
     with pytest.raises(ValueError, match="no head"):
-        FrozenHeadClassifier(ViT(ViTConfig(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32,
-                                           num_classes=3)), torch.ones(3, 16), torch.zeros(3))
+        FrozenHeadClassifier(ViT(dataclasses.replace(TINY_ENCODER, num_classes=3)), torch.ones(3, 16), torch.zeros(3))
 
 
 def test_merge_chooses_alpha_on_validation_and_normalises():

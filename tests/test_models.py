@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
+from cases import TINY_VIT
 
 from tvtheory.activations import ACTIVATIONS
 from tvtheory.models import MLP, MLPConfig, ViTClassifier, make_mlp, make_vit
-from tvtheory.models.vit import ViTConfig
 from tvtheory.params import ParamLayout, flat_params
 
-VIT = ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, num_classes=3, channels=1)
+VIT = TINY_VIT
 
 @pytest.mark.parametrize("widths", [(4, 3), (4, 6, 3), (7, 5, 5, 2), (1, 1)])
 @pytest.mark.parametrize("lead", [(9,), (2, 5), ()])
@@ -116,4 +118,4 @@ def test_make_vit_is_deterministic_per_seed_and_restores_the_global_rng():
 
 def test_vit_classifier_needs_a_head():
     with pytest.raises(ValueError, match="a ViT classifier needs num_classes >= 1, got 0"):
-        ViTClassifier(ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, channels=1))
+        ViTClassifier(dataclasses.replace(TINY_VIT, num_classes=0))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import TINY_VIT
 
 from tvtheory.data import partition, synthetic
 from tvtheory.fp import DTYPES
 from tvtheory.models import ViTClassifier, make_mlp, make_vit
-from tvtheory.models.vit import ViTConfig
 from tvtheory.params import flat_params
 from tvtheory.problem import make_problem
 
@@ -115,6 +115,5 @@ def test_vit_problem_to_float32_and_back(make_vit_problem):
     (64, 4, r"the data has 4 classes but the ViT has 3 outputs: build it with ViTConfig\(num_classes=4\)"),
 ])
 def test_vit_data_mismatch_suggests_the_fix(features, classes, message):
-    config = ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, num_classes=3, channels=1)
     with pytest.raises(ValueError, match=message):
-        make_problem(make_vit(config), "ce", synthetic(12, features, classes))
+        make_problem(make_vit(TINY_VIT), "ce", synthetic(12, features, classes))

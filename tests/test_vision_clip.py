@@ -128,7 +128,7 @@ def test_spec(tmp_path, capsys):
 
 def test_finetune_on_a_clip_encoder_and_a_folder_task(open_clip, checkpoint, tmp_path):
     """The CLI end to end on the stand-in CLIP: folder images read at its image size, HVPs through its attention."""
-    from experiments_helpers import write_image_folder
+    from cases import write_image_folder
 
     root = write_image_folder(tmp_path / "shapes")
     spec = f"open_clip:ViT-B-32:{checkpoint}"
