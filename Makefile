@@ -1,16 +1,17 @@
-# make run: set up and check T1-T4 on the default MLP; make test: set up and run every test.
+# make run: set up and check T1-T4 on the default MLP; make test: set up and run every test; make lint: ruff and mypy.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test verify unit bench figures figures-quick vision vision-quick clean
+.PHONY: setup run test lint verify unit bench figures figures-quick vision vision-quick clean
 
 # torch is installed first and pinned exactly: this machine has the 2.13.0 CPU wheel on disk, while an
 # unpinned or ranged torch would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# The other test-time versions are pinned in constraints.txt.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -20,6 +21,11 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest tests verification
+
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade, pydocstyle) on everything, mypy on the library
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 unit: setup
 	$(BIN)/python -m pytest tests

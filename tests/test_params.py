@@ -134,7 +134,7 @@ def test_load_flat_writes_into_the_module(module):
     new = theta + torch.arange(theta.numel(), dtype=theta.dtype)
     load_flat_(module, new)
     assert torch.equal(flat_params(module), new)
-    assert all(a is b for a, b in zip(params_before, module.parameters()))   # in place, same Parameters
+    assert all(a is b for a, b in zip(params_before, module.parameters(), strict=True))   # in place, same Parameters
     assert all(p.requires_grad for p in module.parameters())
     with pytest.raises(ValueError, match="flat parameter vector"):
         load_flat_(module, new[:-1])

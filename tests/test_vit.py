@@ -115,7 +115,7 @@ def _flat_loss(model: ViT, x: torch.Tensor, y: torch.Tensor):
     sizes = [s.numel() for s in shapes]
 
     def loss(theta: torch.Tensor) -> torch.Tensor:
-        params = {n: t.view(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
+        params = {n: t.view(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes, strict=True)}
         return F.cross_entropy(functional_call(model, params, (x,)), y)
 
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -145,7 +145,7 @@ def test_forward_over_reverse_hvp_equals_reverse_over_reverse(dtype, rtol):
 def test_determinism_for_fixed_seed():
     a, b, c = _model(0), _model(0), _model(1)
     x = _inputs()
-    for (ka, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (ka, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(pa, pb), ka
     assert torch.equal(a(x), b(x))
     assert not torch.equal(a(x), c(x))

@@ -35,6 +35,7 @@ class MLPConfig:
         return len(self.widths) - 1
 
     def to_dict(self) -> dict:
+        """Plain-dict form (JSON-serialisable)."""
         return asdict(self)
 
 
@@ -45,11 +46,11 @@ class MLP(nn.Module):
         super().__init__()
         self.config = config
         self.act: Activation = get_activation(config.activation)
-        self.layers = nn.ModuleList(
-            nn.Linear(n_in, n_out, bias=config.bias) for n_in, n_out in zip(config.widths[:-1], config.widths[1:])
-        )
+        sizes = zip(config.widths[:-1], config.widths[1:], strict=True)
+        self.layers = nn.ModuleList(nn.Linear(n_in, n_out, bias=config.bias) for n_in, n_out in sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x) = z_L for inputs x (..., n_0)."""
         if x.shape[-1] != self.config.widths[0]:
             raise ValueError(
                 f"input has {x.shape[-1]} features but the MLP expects {self.config.widths[0]} "
