@@ -9,13 +9,14 @@ measures, after warm-up, the median wall time over several repeats of
   hvp       one Hessian-vector product (tvtheory.curvature.hvp, forward-over-reverse)
   hvp_rr    prototype: the same product by reverse-over-reverse, vjp(grad(f), theta)[1](v) (H symmetric)
   t4        the T4 bound: layer_norms + mlp_hessian_bound (plus each part alone)
-  t4_gram   the same bound with a prototype of layer_norms (Gram matrix + Lanczos estimate +
-            Cholesky certificate, below) instead of a full SVD per weight matrix
+  t4_gram   the same bound with a prototype of layer_norms that takes the certified, SVD-free upper bound
+            tvtheory.spectral.spectral_norm_upper (Gram matrix + eigvalsh/Lanczos estimate + Cholesky
+            certificate) instead of a full SVD per weight matrix
   dense     dense_hessian (only where P <= 5,000, the library's guard; skipped above)
   dense_chunked  prototype: the dense Hessian as vmap of hvp_rr over the unit vectors, in chunks of
             --dense-chunk columns (bounded memory), symmetrised like dense_hessian
-  lanczos   hessian_spectral_norm(method='lanczos'), with the number of Hessian products it used (the
-            matvecs of tvtheory.curvature.hessian_operator) and the time of one such product
+  lanczos   hessian_norm(method='lanczos'), with the number of Hessian-vector products it reports having
+            used (HessianNorm.products) and the time of one such product
 and the peak resident memory (ru_maxrss) of each measurement. Every (size, dtype, check) runs in its own
 subprocess, so each peak belongs to one check; "extra" is the peak minus the RSS after the setup.
 It also times the CLI default (``python -m tvtheory.bound --no-progress``) and ``pytest verification/``,
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -48,137 +48,29 @@ PRESETS: dict[str, tuple[int, ...]] = {
     "1e6": (784, 1024, 256, 10),    # P = 1,068,810
 }
 CHECKS = ("grad", "hvp", "hvp_rr", "t4", "t4_gram", "dense", "dense_chunked", "lanczos")
-U64 = 2.0 ** -53
-EIGVALSH_MAX = 256     # Gram prototype: estimate lambda_max by eigvalsh up to this size, Lanczos above
 
 
 def num_params(widths) -> int:
-    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
-
-
-# --------------------------------------------------------------------------------------------------
-# Prototype: a certified upper bound on ||W||_2 without an SVD (candidate replacement for the
-# matrix_norm(ord=2) call in tvtheory.bounds.layer_norms).
-#
-#   1. G = fl(W^T W) (or W W^T, the smaller side k = min(m, n)), one GEMM; every entry has
-#      |fl(G)_ij - G_ij| <= gamma_K (|W|^T |W|)_ij (K = the inner dimension, any summation order), so
-#      ||fl(G) - G||_2 <= ||.||_F <= gamma_K ||W||_F^2.
-#   2. mu = an estimate of lambda_max(G) from a few Lanczos steps, plus a margin (only the speed of the
-#      certificate depends on the estimate; a poor estimate makes step 3 fail and the margin grows).
-#   3. Cholesky of A = fl(mu I - G) (lower triangle). If it runs to completion, R^T R = A + dA with
-#      |dA| <= gamma_{k+1} |R^T||R| (Demmel; Higham, ASNA Thm 10.5), hence
-#      lambda_min(A) >= -gamma_{k+1}/(1 - gamma_{k+1}) tr(A) (the argument of Rump's isspd), and
-#      lambda_max(G) <= mu + alpha tr(A) + 2u max_i A_ii + gamma_K ||W||_F^2 (the 2u term: the rounding
-#      of the diagonal mu - G_ii). We use alpha = 16 gamma_{k+1}, a 16x safety factor.
-#   0. W is scaled by an exact power of two first (max |w_ij| in [0.5, 1)), so nothing overflows.
-#   4. s = sqrt(that) * (1 + 64u) >= ||W||_2: a rigorous upper bound under the standard model of
-#      floating-point arithmetic, without the backward-error constant of an SVD.
-# Power iteration / Lanczos alone would give a LOWER estimate; the Cholesky step is what makes it an
-# upper bound. Cost: 2 K k^2 (GEMM) + k^3/3 (Cholesky) + O(steps k^2), all BLAS-3 but the last.
-# --------------------------------------------------------------------------------------------------
-
-def _gamma(j: int) -> float:
-    return j * U64 / (1.0 - j * U64)
-
-
-def _lanczos_top(G, steps: int, seed: int = 0):
-    """Largest Ritz value of symmetric G after `steps` Lanczos steps (full reorthogonalisation), and
-    the residual norm of its Ritz vector. A lower estimate of lambda_max(G), not a bound."""
-    import torch
-
-    k = G.shape[0]
-    steps = max(1, min(steps, k))
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(k, generator=gen, dtype=G.dtype)
-    Q = torch.empty(steps, k, dtype=G.dtype)
-    alpha = torch.empty(steps, dtype=G.dtype)
-    beta = torch.zeros(steps, dtype=G.dtype)
-    q = q / torch.linalg.vector_norm(q)
-    m = steps
-    for j in range(steps):
-        Q[j] = q
-        w = G @ q
-        alpha[j] = q @ w
-        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)          # full reorthogonalisation (twice is enough)
-        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
-        b = torch.linalg.vector_norm(w)
-        if j + 1 < steps:
-            if b <= 1e-14 * abs(float(alpha[: j + 1].abs().max())):   # invariant subspace found
-                m = j + 1
-                break
-            beta[j] = b
-            q = w / b
-        else:
-            beta[j] = b
-    T = torch.diag(alpha[:m]) + torch.diag(beta[: m - 1], 1) + torch.diag(beta[: m - 1], -1)
-    evals, evecs = torch.linalg.eigh(T)
-    theta = float(evals[-1])
-    resid = float(beta[m - 1] * evecs[-1, -1].abs()) if m == steps else 0.0
-    return theta, resid
-
-
-def spectral_norm_upper(w, steps: int = 64, rel_margin: float = 1e-9) -> tuple[float, int]:
-    """A certified upper bound on ||w||_2 (w float64) and the number of Cholesky attempts it took.
-
-    w is first scaled by an exact power of two so that max|w_ij| is in [0.5, 1): G cannot overflow, and
-    the bound is scaled back exactly. (Entries that underflow in the scaling, and products that underflow
-    in G, are covered by absolute terms of size 2^-1074; they are negligible.)
-    """
-    import torch
-
-    m, n = w.shape
-    absmax = float(w.abs().max()) if w.numel() else 0.0
-    if not math.isfinite(absmax):
-        return float("inf"), 0
-    if absmax == 0.0:
-        return 0.0, 0
-    e = math.frexp(absmax)[1]                  # absmax = f * 2^e with f in [0.5, 1)
-    ws = torch.ldexp(w, torch.tensor(-e, dtype=torch.float64))
-    tiny = 2.0 ** -1074
-    G = ws.T @ ws if m >= n else ws @ ws.T
-    k, K = G.shape[0], max(m, n)
-    fro2 = float((ws * ws).sum()) * (1.0 + 2 * _gamma(m * n + 1)) + m * n * tiny
-    err_g = _gamma(K) * fro2 + 2 * k * K * tiny
-    scale_err = math.sqrt(m * n) * tiny        # ||w_scaled - w / 2^e||_F (entries lost to underflow)
-    if k == 1:                                  # 1 x 1: G is the number ||ws||^2 itself
-        bound = (math.sqrt(float(G[0, 0]) + err_g) + scale_err) * (1 + 64 * U64)
-        return math.ldexp(bound, e), 0
-    lower = torch.tril(G)
-    G_sym = lower + torch.tril(lower, -1).T      # the symmetric matrix Cholesky sees (lower triangle)
-    if k <= EIGVALSH_MAX:                         # small: a dense eigensolver is the cheapest estimate
-        theta, resid = float(torch.linalg.eigvalsh(G_sym)[-1]), 0.0
-    else:
-        theta, resid = _lanczos_top(G_sym, steps)
-    margin = max(2.0 * resid, rel_margin * abs(theta), 1e-200)
-    for attempt in range(1, 9):
-        mu = theta + margin
-        A = -G_sym
-        A.diagonal().add_(mu)
-        _, info = torch.linalg.cholesky_ex(A)
-        if int(info) == 0:
-            diag = A.diagonal()
-            tr = float(diag.sum()) * (1.0 + 2 * _gamma(k))
-            bound2 = mu + 16 * _gamma(k + 1) * tr + 2 * U64 * float(diag.max()) + err_g
-            bound2 += 4 * (k + 2) ** 2 * tiny               # gradual underflow in the Cholesky (Rump)
-            bound = (math.sqrt(bound2) + scale_err) * (1 + 64 * U64)
-            return math.ldexp(bound, e), attempt
-        margin *= 1e3
-    # no certificate (not seen in practice): fall back to the library's SVD path
-    return float(torch.linalg.matrix_norm(w, ord=2)) * (1.0 + 64 * max(m, n) * U64), 0
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
 
 def layer_norms_gram(config, theta, steps: int = 64):
-    """Drop-in prototype of tvtheory.bounds.layer_norms with spectral_norm_upper instead of an SVD."""
+    """Drop-in prototype of tvtheory.bounds.layer_norms with the SVD-free certified bound
+    tvtheory.spectral.spectral_norm_upper in place of an SVD per weight matrix; also returns, per layer,
+    the Cholesky attempts of the bound."""
     import torch
 
     from tvtheory.bounds import LayerNorms, mlp_layers
+    from tvtheory.fp import unit_roundoff
+    from tvtheory.spectral import spectral_norm_upper
 
+    u = unit_roundoff(torch.float64)
     weight, bias, attempts = [], [], []
     for w, b in mlp_layers(config, theta.detach().double()):
-        s, a = spectral_norm_upper(w, steps)
-        weight.append(torch.tensor(s, dtype=torch.float64))
-        attempts.append(a)
-        bias.append(torch.linalg.vector_norm(b) * (1.0 + 64 * b.numel() * U64) if b is not None
+        bound = spectral_norm_upper(w, steps=steps)
+        weight.append(torch.tensor(bound.value, dtype=torch.float64))
+        attempts.append(bound.attempts)
+        bias.append(torch.linalg.vector_norm(b) * (1.0 + 64 * b.numel() * u) if b is not None
                     else torch.zeros((), dtype=torch.float64))
     return LayerNorms(torch.stack(weight), torch.stack(bias)), attempts
 
@@ -275,9 +167,10 @@ def worker(spec: dict) -> dict:
             out["cholesky_attempts"] = layer_norms_gram(config, theta, spec["gram_steps"])[1]
             out["library_weight_norm_bounds"] = [float(s) for s in ref]
             out["svd_values"] = svd
-            # the prototype must be an upper bound: >= the (float64) SVD value, and close to it
-            out["upper_bound_holds"] = all(g >= s for g, s in zip(out["weight_norm_bounds"], svd))
-            out["max_rel_excess_over_svd"] = max((g - s) / s for g, s in zip(out["weight_norm_bounds"], svd))
+            # the bound must be an upper bound: >= the (float64) SVD value, and close to it
+            pairs = list(zip(out["weight_norm_bounds"], svd, strict=True))
+            out["upper_bound_holds"] = all(g >= s for g, s in pairs)
+            out["max_rel_excess_over_svd"] = max((g - s) / s for g, s in pairs)
     elif check == "dense":
         if theta.numel() > curv.DENSE_HESSIAN_MAX_PARAMS:
             out["skipped"] = f"P = {theta.numel()} > {curv.DENSE_HESSIAN_MAX_PARAMS} (the dense_hessian guard)"
@@ -296,40 +189,18 @@ def worker(spec: dict) -> dict:
             out["hessian_norm_dense"] = float(torch.linalg.eigvalsh(_time.last.double()).abs().max())
             out["chunk"] = spec["dense_chunk"]
     elif check == "lanczos":
-        # count operator products: wrap the LinearOperator that hessian_spectral_norm builds (looked up
-        # as tvtheory.curvature.hessian_operator at call time), so every matvec it does is counted
-        from scipy.sparse.linalg import LinearOperator
-
-        counter = {"n": 0}
-        orig_op = curv.hessian_operator
-
-        def counting_operator(*a, **kw):
-            op = orig_op(*a, **kw)
-
-            def mv(x):
-                counter["n"] += 1
-                return op.matvec(x)
-
-            return LinearOperator(op.shape, matvec=mv, rmatvec=mv, dtype=op.dtype)
-
-        curv.hessian_operator = counting_operator
         curv.hvp(f, theta, v)            # warm the kernels
-        counts, values = [], []
+        norms: list = []
 
         def run():
-            counter["n"] = 0
-            values.append(curv.hessian_spectral_norm(f, theta, method="lanczos", tol=spec["lanczos_tol"],
-                                                     maxiter=spec["lanczos_maxiter"]))
-            counts.append(counter["n"])
+            norms.append(curv.hessian_norm(f, theta, method="lanczos", tol=spec["lanczos_tol"],
+                                           maxiter=spec["lanczos_maxiter"]))
 
-        try:
-            out["time"] = _time(run, 0, spec["heavy_repeats"])
-        finally:
-            curv.hessian_operator = orig_op
-        out["hvps"] = counts
-        out["hessian_norm_lanczos"] = values[-1]
+        out["time"] = _time(run, 0, spec["heavy_repeats"])
+        out["hvps"] = [r.products for r in norms]          # Hessian-vector products, as hessian_norm counts them
+        out["hessian_norm_lanczos"] = norms[-1].value
         # time of one product of the operator (graph built once, one backward per product)
-        op = orig_op(f, theta)
+        op = curv.hessian_operator(f, theta)
         x0 = v.double().numpy()
         out["time_operator_matvec"] = _time(lambda: op.matvec(x0), 1, spec["repeats"])
     else:
@@ -461,7 +332,7 @@ def summary_rows(results: list[dict]) -> list[dict]:
     for r in results:
         c = r["checks"]
 
-        def med(name, key="time"):
+        def med(name, key="time", c=c):
             x = c.get(name, {}).get(key)
             return x.get("median_s") if isinstance(x, dict) else None
 
@@ -547,11 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up calls before the repeats")
     p.add_argument("--heavy-repeats", type=int, default=3,
                    help="timed repeats of dense_hessian and Lanczos (after one warm-up HVP)")
-    p.add_argument("--lanczos-tol", type=float, default=1e-8, help="tol of hessian_spectral_norm (its default)")
-    p.add_argument("--lanczos-maxiter", type=int, default=None, help="maxiter of hessian_spectral_norm")
+    p.add_argument("--lanczos-tol", type=float, default=1e-8, help="tol of hessian_norm (its default)")
+    p.add_argument("--lanczos-maxiter", type=int, default=None, help="maxiter of hessian_norm")
     p.add_argument("--gram-steps", type=int, default=64, help="Lanczos steps of the Gram prototype's estimate")
     p.add_argument("--dense-chunk", type=int, default=128, help="columns per vmap chunk of dense_chunked")
-    p.add_argument("--threads", type=int, default=None, help="torch threads of every worker, the CLI and pytest (unset: torch's default)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of every worker, the CLI and pytest (unset: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process")
     p.add_argument("--cli-runs", type=int, default=3, help="wall-time runs of the CLI default (0: skip)")

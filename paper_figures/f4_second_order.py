@@ -47,9 +47,10 @@ def _problem(config: dict):
 
 
 def compute(config: dict, bar) -> dict:
-    from tvtheory.curvature import hessian_spectral_norm
+    from tvtheory.curvature import hessian_norm
     from tvtheory.optimizers import OptimizerSpec
-    from tvtheory.theorems import RESOLVED_FACTOR, asymptotic_eta, epoch_rows, remainder_slope
+    from tvtheory.remainder import RESOLVED_FACTOR, asymptotic_eta, remainder_slope
+    from tvtheory.table import epoch_rows
     from tvtheory.trajectory import gradient_descent
 
     lr, K = config["lr"], config["epochs"]
@@ -58,11 +59,11 @@ def compute(config: dict, bar) -> dict:
     bar.update()
     rows = epoch_rows(problem, OptimizerSpec("gd", lr), traj)
     bar.update()
-    h0 = hessian_spectral_norm(problem.objective, problem.theta0)
+    h0 = hessian_norm(problem.objective, problem.theta0).value
     bar.update()
     k, B = config["remainder_epochs"], config["t3_batches"]
-    series = [("T2(a): GD, k = %d epochs" % k, "T2", problem, k, 1),
-              ("T3: SGD, 1 epoch of B = %d batches" % B, "T3", problem.with_batches(B, config["seed"]), 1, B)]
+    series = [(f"T2(a): GD, k = {k:d} epochs", "T2", problem, k, 1),
+              (f"T3: SGD, 1 epoch of B = {B:d} batches", "T3", problem.with_batches(B, config["seed"]), 1, B)]
     points, fits = [], []
     for label, statement, p, epochs, batches in series:
         eta_max = min(lr, asymptotic_eta(h0, epochs * batches))       # as verify_t2 / verify_t3 choose it
@@ -85,7 +86,7 @@ def compute(config: dict, bar) -> dict:
 
 
 def _positive(xs, ys):
-    keep = [(x, y) for x, y in zip(xs, ys) if y is not None and y > 0]
+    keep = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and y > 0]
     return [x for x, _ in keep], [y for _, y in keep]
 
 
@@ -137,7 +138,8 @@ def draw(result: dict):
     right.plot(e, ref[0]["remainder"] / 10 * (e / e[0]) ** 3, ":", color=style.GREY, linewidth=2,
                label="slope 3 reference")
     right.plot([p["eta"] for p in ref], [data["summary"]["resolved_factor"] * p["allowance"] for p in ref],
-               "--", color=style.GREY, linewidth=1, label=f"{data['summary']['resolved_factor']:g} × rounding allowance (T2)")
+               "--", color=style.GREY, linewidth=1,
+               label=f"{data['summary']['resolved_factor']:g} × rounding allowance (T2)")
     if any(not p["fitted"] for p in data["remainder"]):
         right.plot([], [], "o", color=style.GREY, markerfacecolor="none", markeredgewidth=1.5,
                    label="not fitted (below that line)")

@@ -1,7 +1,7 @@
 """F5, tightness of the curvature bound T4: bound / ||hess L(theta_0)||_2 across depth, width and activation.
 
 The bound is tvtheory.bounds.mlp_hessian_bound (with layer_norms at theta_0, the seeded initialisation);
-the true value is tvtheory.curvature.hessian_spectral_norm (dense eigvalsh for P <= 200, else Lanczos on
+the true value is tvtheory.curvature.hessian_norm (dense eigvalsh for P <= 200, else Lanczos on
 Hessian-vector products, which converges from below, so a Lanczos ratio can only overstate the tightness
 ratio by the Lanczos error, tol 1e-8). Data: scikit-learn's digits (or a seeded subset), CE and MSE losses.
 Depth L counts affine layers (L = 1 is a linear model, L = 2 is the default 64,32,10 network).
@@ -50,7 +50,7 @@ def seeds(config: dict) -> list[int]:
 
 def compute(config: dict, bar) -> dict:
     from tvtheory.bounds import layer_norms, mlp_hessian_bound
-    from tvtheory.curvature import hessian_spectral_norm
+    from tvtheory.curvature import hessian_norm
     from tvtheory.models import make_mlp
     from tvtheory.problem import make_problem
 
@@ -63,7 +63,7 @@ def compute(config: dict, bar) -> dict:
                 if key not in done:
                     problem = make_problem(make_mlp(widths, act, seed=seed), loss, data)
                     f, theta0, mlp = problem.objective, problem.theta0, problem.model.config
-                    true = hessian_spectral_norm(f, theta0)
+                    true = hessian_norm(f, theta0).value
                     bound = mlp_hessian_bound(mlp, problem.loss, f.x, f.target, layer_norms(mlp, theta0)).mean
                     done[key] = {"num_params": problem.num_params,
                                  "method": "dense" if problem.num_params <= 200 else "lanczos",
@@ -97,7 +97,7 @@ def draw(result: dict):
     # three panels side by side: larger type than the other figures, so it stays readable at ~700 px
     fig, axes = style.figure(3, height=5.0, width=11.0, sharey=True)
     axes = axes[0]
-    for ax, sweep in zip(axes, SWEEPS):
+    for ax, sweep in zip(axes, SWEEPS, strict=True):
         settings = list(dict.fromkeys(s["setting"] for s in data["summary"] if s["sweep"] == sweep))
         categorical = sweep == "activation"
         for j, loss in enumerate(config["losses"]):

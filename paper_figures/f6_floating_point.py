@@ -103,7 +103,7 @@ def draw(result: dict):
     edges = np.array([b["lo"] for b in bins] + [bins[-1]["hi"]])
     colours = [style.BLUE, style.VERMILLION, style.GREEN, style.ORANGE, style.PURPLE, style.SKY]
     styles = ["-", "--", "-.", ":", "-", "--"]
-    for ax, dtype in zip(axes, config["dtypes"]):
+    for ax, dtype in zip(axes, config["dtypes"], strict=True):
         runs = [r for r in data["runs"] if r["dtype"] == dtype]
         for i, run in enumerate(runs):
             share = 100.0 * np.array([b[run["series"]] for b in bins]) / run["num_params"]

@@ -6,7 +6,9 @@ For each figure module (paper_figures/f<N>_*.py): load its result from DIR/<sour
 defaults to results/), computing it first when missing or made with a smaller configuration; draw it to
 OUT/<name>.pdf and .png (OUT defaults to paper_figures/out/); then write OUT/numbers.md from the same
 result files. Figures whose results come from another pipeline and are not on disk are skipped, with the
-command that makes them. --quick uses the quick configuration (fewer points, under ~2 minutes in all).
+command that makes them. Files whose contents would not change are not rewritten, and none records a time,
+a host or an absolute path, so re-running on unchanged results changes nothing. --quick uses the quick
+configuration (fewer points, under ~2 minutes in all).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         written = style.save(figure.draw(result), figure.NAME, out)
         drawn.append((figure, result, path))
         print(f"wrote {', '.join(str(p) for p in written)} ({time.perf_counter() - t0:.1f} s)")
-    numbers = write_text_atomic(out / "numbers.md", render_numbers(drawn))
+    numbers = write_text_atomic(out / "numbers.md", render_numbers(drawn, args.results))
     print(f"wrote {numbers}: numbers behind {len(drawn)} figure(s)"
           + (f"; skipped {', '.join(skipped)}" if skipped else "")
           + f" ({time.perf_counter() - started:.1f} s)")

@@ -2,9 +2,14 @@
 
 A result file is written atomically (``tvtheory.io.write_json_atomic``) and holds
     {"name", "title", "configuration" ("tiny" | "quick" | "default" | ...), "config" (every parameter),
-     "seed", "versions" (tvtheory.io.versions), "created_utc", "wall_time_s", "data" (what the figure draws)}.
+     "seed", "versions" (tvtheory.io.versions), "data" (what the figure draws)}.
 Figures are drawn from ``data`` only, and ``numbers.md`` is rendered from the same files (``Table``), so
 every plotted number can be traced to a file.
+
+Provenance is recorded so that the same computation gives the same bytes on any machine: library versions,
+the config and the seed, but no time, host or platform, and every path inside the results folder relative
+to it (``portable``). A result or figure whose bytes would not change is not rewritten (tvtheory.io), so
+``make figures`` on unchanged inputs changes no committed file.
 
 When is a stored result reused? Configurations are ranked tiny < quick < default. A stored result is used
 when it was made with the requested configuration (and the same config) or a higher-ranked one; otherwise
@@ -23,7 +28,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -81,12 +85,33 @@ def compute(figure: ModuleType, configuration: str, config: dict, path: Path, pr
         "config": config,
         "seed": figure.seeds(config),
         "versions": versions(),
-        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "wall_time_s": round(time.perf_counter() - started, 2),
         "data": data,
     }
-    write_json_atomic(path, result)
+    write_json_atomic(path, portable(result, path.parent.parent))
+    if not reads_runs:
+        print(f"computed {figure.NAME} in {time.perf_counter() - started:.1f} s", flush=True)
     return load(path)       # exactly what is on disk (JSON-normalised), so figures and numbers.md agree
+
+
+def portable(value: Any, root: Path) -> Any:
+    """``value`` with every string that is an absolute path inside ``root`` (the results folder) written
+    relative to it, in POSIX form, so that a result file names no machine's folders.
+    """
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, root) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return _relative(Path(value), root)
+    return value
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it (POSIX form), else unchanged."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def load_or_compute(figure: ModuleType, configuration: str = "default", results_dir=None,
@@ -109,7 +134,7 @@ def load_or_compute(figure: ModuleType, configuration: str = "default", results_
         same = stored.get("configuration") == configuration and stored.get("config") == _normalised(config)
         finer = _rank(stored.get("configuration", "")) > _rank(configuration)
         if same or finer:
-            print(f"using {_display(path)} ({stored['configuration']} configuration, {stored['created_utc']})")
+            print(f"using {_display(path)} ({stored['configuration']} configuration)")
             return stored
     if not can_compute:
         return None
@@ -180,16 +205,20 @@ def render_table(result: dict, table: Table) -> str:
     return "\n".join(lines)
 
 
-def render_numbers(entries: Sequence[tuple[ModuleType, dict, Path]]) -> str:
-    """numbers.md: for each figure, the result file it was drawn from and its tables."""
+def render_numbers(entries: Sequence[tuple[ModuleType, dict, Path]], results_dir: str | os.PathLike | None = None
+                   ) -> str:
+    """numbers.md: for each figure, the result file it was drawn from (relative to the results folder,
+    ``results_dir``, default results/) and its tables.
+    """
+    root = Path(results_dir) if results_dir is not None else RESULTS_DIR
     out = ["# Numbers behind the figures", "",
            "Written by `python -m paper_figures.make_all` from the result files named below (the same files the "
-           "figures are drawn from); do not edit by hand. Column headers give the JSON key of each value.", ""]
+           "figures are drawn from); do not edit by hand. Column headers give the JSON key of each value. "
+           "File paths are relative to the results folder (`results/` unless `--results` names another).", ""]
     for figure, result, path in entries:
         out += [f"## {result['title']}", "",
-                f"file: `{_display(path)}` ({result['configuration']} configuration, seed {result['seed']}, "
-                f"computed {result['created_utc']} in {result['wall_time_s']} s, tvtheory "
-                f"{result['versions']['tvtheory']}, torch {result['versions']['torch']})", ""]
+                f"file: `{_relative(path, root)}` ({result['configuration']} configuration, seed {result['seed']}, "
+                f"tvtheory {result['versions']['tvtheory']}, torch {result['versions']['torch']})", ""]
         for table in figure.tables(result):
             out += [render_table(result, table), ""]
     return "\n".join(out)
