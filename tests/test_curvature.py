@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+import tvtheory.curvature as curvature
 from tvtheory.curvature import (
+    HessianNorm,
     dense_hessian,
     gradient,
+    hessian_norm,
     hessian_operator,
-    hessian_spectral_norm,
     hvp,
 )
 
@@ -33,7 +35,7 @@ def _assert_second_order_convergence(errors):
     """Central differences have error c h^2 + O(h^4) + rounding O(u/h): for h in the truncation regime,
     halving h divides the error by 4. Each successive ratio must lie in [3.5, 4.5]; a wrong derivative
     leaves an O(1) error that does not shrink (ratio ~ 1)."""
-    ratios = [a / b for a, b in zip(errors, errors[1:])]
+    ratios = [a / b for a, b in zip(errors, errors[1:], strict=False)]   # successive pairs
     assert all(3.5 <= r <= 4.5 for r in ratios), (errors, ratios)
 
 
@@ -48,7 +50,7 @@ def test_gradient_matches_central_differences(make_small_problem, loss, activati
     g = gradient(f, theta)
     for seed in range(3):
         v = _unit(theta.numel(), seed)
-        errors = _fd_errors(lambda h: f(theta + h * v), g @ v, HS)
+        errors = _fd_errors(lambda h, v=v: f(theta + h * v), g @ v, HS)
         _assert_second_order_convergence(errors)
 
 
@@ -67,7 +69,7 @@ def test_hvp_matches_central_differences_of_the_gradient(make_small_problem, los
     f, theta = p.objective, p.theta0
     for seed in range(2):
         v = _unit(theta.numel(), seed)
-        errors = _fd_errors(lambda h: gradient(f, theta + h * v), hvp(f, theta, v), HS)
+        errors = _fd_errors(lambda h, v=v: gradient(f, theta + h * v), hvp(f, theta, v), HS)
         _assert_second_order_convergence(errors)
 
 
@@ -103,7 +105,7 @@ def test_dense_hessian_refuses_large_p(small_problem):
     with pytest.raises(ValueError, match=r"refusing to materialise a 51 x 51 Hessian \(P = 51 > max_params = 50\)") \
             as err:
         dense_hessian(f, theta, max_params=50)
-    assert "hvp()" in str(err.value) and "hessian_spectral_norm()" in str(err.value)
+    assert "hvp()" in str(err.value) and "hessian_norm()" in str(err.value)
     assert dense_hessian(f, theta, max_params=51).shape == (51, 51)
 
 
@@ -145,7 +147,7 @@ def test_spectral_norm_of_a_zero_hessian_is_zero(p):
 
     theta = torch.ones(p, dtype=torch.float64)
     for method in ("auto", "dense", "lanczos"):
-        assert hessian_spectral_norm(f, theta, method=method) == 0.0
+        assert hessian_norm(f, theta, method=method).value == 0.0
 
 
 def test_spectral_norm_lanczos_vs_dense_on_p_about_300(make_small_problem):
@@ -154,13 +156,13 @@ def test_spectral_norm_lanczos_vs_dense_on_p_about_300(make_small_problem):
     p = make_small_problem(widths=(10, 20, 4), n=40)
     f, theta = p.objective, p.theta0
     assert theta.numel() == 304
-    dense = hessian_spectral_norm(f, theta, method="dense")
-    lanczos = hessian_spectral_norm(f, theta, method="lanczos", tol=1e-8)
+    dense = hessian_norm(f, theta, method="dense").value
+    lanczos = hessian_norm(f, theta, method="lanczos", tol=1e-8).value
     eig = torch.linalg.eigvalsh(dense_hessian(f, theta))
     assert dense == float(eig.abs().max())
     assert lanczos <= dense * (1 + 1e-12)
     assert abs(lanczos - dense) <= 1e-6 * dense
-    assert hessian_spectral_norm(f, theta) == lanczos          # auto: Lanczos above P = 200, same seed
+    assert hessian_norm(f, theta).value == lanczos          # auto: Lanczos above P = 200, same seed
 
 
 def test_spectral_norm_is_largest_magnitude_not_largest_algebraic():
@@ -177,7 +179,7 @@ def test_spectral_norm_is_largest_magnitude_not_largest_algebraic():
     true = float(torch.linalg.eigvalsh(A).abs().max())
     assert math.isclose(true, 5.0, rel_tol=1e-14)
     for method in ("dense", "lanczos", "auto"):
-        assert abs(hessian_spectral_norm(f, theta, method=method) - true) <= 1e-10 * true
+        assert abs(hessian_norm(f, theta, method=method).value - true) <= 1e-10 * true
 
 
 def test_spectral_norm_small_p_and_unknown_method():
@@ -188,7 +190,79 @@ def test_spectral_norm_small_p_and_unknown_method():
 
     theta = torch.zeros(2, dtype=torch.float64)
     true = float(torch.linalg.eigvalsh(A).abs().max())
-    assert hessian_spectral_norm(f, theta, method="lanczos") == hessian_spectral_norm(f, theta, method="dense")
-    assert abs(hessian_spectral_norm(f, theta, method="lanczos") - true) <= 4 * U64 * true
+    assert hessian_norm(f, theta, method="lanczos").value == hessian_norm(f, theta, method="dense").value
+    assert abs(hessian_norm(f, theta, method="lanczos").value - true) <= 4 * U64 * true
     with pytest.raises(ValueError, match="unknown method 'power'; use 'auto', 'dense' or 'lanczos'"):
-        hessian_spectral_norm(f, theta, method="power")
+        hessian_norm(f, theta, method="power")
+
+
+class _CountingOperators:
+    """Stands in for ``hessian_operator`` in a test: builds the real operator and counts every product made
+    with it (matvec, rmatvec, matmat columns), independently of the library's own count."""
+
+    def __init__(self):
+        self.products = 0
+
+    def __call__(self, f, theta):
+        from scipy.sparse.linalg import LinearOperator
+
+        real = hessian_operator(f, theta)
+
+        def matvec(v):
+            self.products += 1
+            return real.matvec(v)
+
+        def matmat(m):
+            self.products += m.shape[1]
+            return np.column_stack([real.matvec(c) for c in m.T])
+
+        return LinearOperator(real.shape, matvec=matvec, rmatvec=matvec, matmat=matmat, dtype=real.dtype)
+
+
+@pytest.mark.parametrize(("widths", "tol", "maxiter"), [((10, 20, 4), 1e-8, None), ((10, 20, 4), 1e-3, None),
+                                                         ((4, 6, 3), 1e-8, None), ((10, 20, 4), 1e-8, 50)])
+def test_hessian_norm_counts_the_products_it_makes(make_small_problem, monkeypatch, widths, tol, maxiter):
+    """The reported count equals the number of operator products made (counted here by a wrapper), for
+    several sizes and tolerances; the counting wrapper does not change the value."""
+    p = make_small_problem(widths=widths, n=40)
+    f, theta = p.objective, p.theta0
+    counter = _CountingOperators()
+    monkeypatch.setattr(curvature, "hessian_operator", counter)
+    result = hessian_norm(f, theta, method="lanczos", tol=tol, maxiter=maxiter)
+    assert isinstance(result, HessianNorm) and result.method == "lanczos"
+    assert result.products == counter.products >= 2     # the H = 0 probe and at least one Lanczos step
+    monkeypatch.undo()
+    assert result.value == hessian_norm(f, theta, method="lanczos", tol=tol, maxiter=maxiter).value
+
+
+def test_looser_tolerance_takes_fewer_products(make_small_problem):
+    p = make_small_problem(widths=(10, 20, 4), n=40)
+    tight = hessian_norm(p.objective, p.theta0, method="lanczos", tol=1e-10)
+    loose = hessian_norm(p.objective, p.theta0, method="lanczos", tol=1e-2)
+    assert loose.products < tight.products
+
+
+def test_dense_results_count_no_products(small_problem, monkeypatch):
+    f, theta = small_problem.objective, small_problem.theta0
+    counter = _CountingOperators()
+    monkeypatch.setattr(curvature, "hessian_operator", counter)
+    for method in ("dense", "auto"):                       # auto is dense at P = 51
+        result = hessian_norm(f, theta, method=method)
+        assert result == HessianNorm(float(torch.linalg.eigvalsh(dense_hessian(f, theta)).abs().max()), 0, "dense")
+    assert counter.products == 0
+
+
+def test_zero_hessian_counts_its_one_probe(monkeypatch):
+    """H = 0: the one probe H v0 = 0 is counted; the answer comes densely (P <= 5,000) or is 0 (above)."""
+    counter = _CountingOperators()
+    monkeypatch.setattr(curvature, "hessian_operator", counter)
+    for p, method in ((250, "dense"), (curvature.DENSE_HESSIAN_MAX_PARAMS + 1, "lanczos")):
+        c = torch.linspace(-1, 1, p, dtype=torch.float64)
+        before = counter.products
+        result = hessian_norm(lambda theta, c=c: c @ theta, torch.ones(p, dtype=torch.float64), method="lanczos")
+        assert result == HessianNorm(0.0, 1, method) and counter.products - before == 1
+
+
+def test_hessian_norm_is_frozen():
+    with pytest.raises(AttributeError):
+        HessianNorm(1.0, 3, "lanczos").value = 2.0  # type: ignore[misc]

@@ -2,15 +2,17 @@
 
 - ``hvp(f, theta, v)`` = H(theta) v by forward-over-reverse differentiation: the directional derivative
   of grad f along v, ``jvp(grad(f), theta, v)``. Cost: about 2-3 gradient evaluations, memory O(P).
-- ``hessian_spectral_norm`` = ||H(theta)||_2 = max |eigenvalue|, by Lanczos (ARPACK ``eigsh``) on a
+- ``hessian_norm`` = ||H(theta)||_2 = max |eigenvalue|, by Lanczos (ARPACK ``eigsh``) on a
   ``LinearOperator`` of HVPs (``hessian_operator``, which reuses one gradient graph for all products);
-  a dense eigendecomposition only where P is small.
+  a dense eigendecomposition only where P is small. It returns a ``HessianNorm``: the value, the number
+  of Hessian-vector products made and the method used.
 - ``dense_hessian`` materialises H (P x P) and refuses above ``max_params``: use it for checks only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,12 +37,12 @@ def hvp(f: ScalarFn, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def dense_hessian(f: ScalarFn, theta: torch.Tensor, max_params: int = DENSE_HESSIAN_MAX_PARAMS) -> torch.Tensor:
-    """hess f(theta) as a P x P matrix; refuses P > max_params (use hvp / hessian_spectral_norm)."""
+    """hess f(theta) as a P x P matrix; refuses P > max_params (use hvp / hessian_norm)."""
     p = theta.numel()
     if p > max_params:
         raise ValueError(
             f"refusing to materialise a {p} x {p} Hessian (P = {p} > max_params = {max_params}); "
-            "use hvp() or hessian_spectral_norm(), which need only Hessian-vector products"
+            "use hvp() or hessian_norm(), which need only Hessian-vector products"
         )
     h = hessian(f)(theta)
     return 0.5 * (h + h.T)
@@ -66,7 +68,22 @@ def hessian_operator(f: ScalarFn, theta: torch.Tensor) -> LinearOperator:
     return LinearOperator((theta.numel(), theta.numel()), matvec=matvec, rmatvec=matvec, dtype=np.float64)
 
 
-def hessian_spectral_norm(
+@dataclass(frozen=True)
+class HessianNorm:
+    """||H(theta)||_2 as ``hessian_norm`` computed it.
+
+    value     max_i |lambda_i(H)|: exact up to rounding for method "dense"; a lower estimate for "lanczos"
+    products  the Hessian-vector products made (matvecs of ``hessian_operator``); forming the dense Hessian
+              is not counted, so a "dense" result has 0 unless a product was made first to find H = 0
+    method    "dense" (eigvalsh of the dense Hessian) or "lanczos" (ARPACK eigsh on products)
+    """
+
+    value: float
+    products: int
+    method: str
+
+
+def hessian_norm(
     f: ScalarFn,
     theta: torch.Tensor,
     *,
@@ -74,31 +91,48 @@ def hessian_spectral_norm(
     tol: float = 1e-8,
     maxiter: int | None = None,
     seed: int = 0,
-) -> float:
-    """||hess f(theta)||_2 = max_i |lambda_i|.
+) -> HessianNorm:
+    """||hess f(theta)||_2 = max_i |lambda_i|, with the number of Hessian-vector products it took.
 
     method "dense": eigvalsh of the dense Hessian (P <= 5,000); "lanczos": ARPACK eigsh on HVPs,
     largest magnitude, started from a seeded random vector; "auto": dense for P <= 200, else lanczos.
-    Lanczos converges from below, so a Lanczos value is a lower estimate of the true norm.
+    Lanczos converges from below, so a Lanczos value is a lower estimate of the true norm. Lanczos with
+    P < 3 (ARPACK needs k < P - 1) is done densely. Before ARPACK starts, one product H v0 checks for H = 0
+    (ARPACK cannot start from H v0 = 0): then the norm is 0 (P > 5,000) or found densely.
     """
     p = theta.numel()
     if method == "auto":
         method = "dense" if p <= 200 else "lanczos"
     if method == "dense":
-        return float(torch.linalg.eigvalsh(dense_hessian(f, theta).double()).abs().max())
+        return HessianNorm(_dense_norm(f, theta), 0, "dense")
     if method != "lanczos":
         raise ValueError(f"unknown method {method!r}; use 'auto', 'dense' or 'lanczos'")
     if p < 3:
-        return hessian_spectral_norm(f, theta, method="dense")
-    operator = hessian_operator(f, theta)
+        return HessianNorm(_dense_norm(f, theta), 0, "dense")
+    hv = hessian_operator(f, theta)
+    products = 0
+
+    def counted(v: np.ndarray) -> np.ndarray:
+        nonlocal products
+        products += 1
+        return hv.matvec(v)
+
+    operator = LinearOperator(hv.shape, matvec=counted, rmatvec=counted, dtype=hv.dtype)
     v0 = np.random.default_rng(seed).standard_normal(p)
     if not np.any(operator.matvec(v0)):
         # H v0 = 0 for a random v0: H is (almost surely) zero, e.g. a constant loss; ARPACK cannot start
-        return 0.0 if p > DENSE_HESSIAN_MAX_PARAMS else hessian_spectral_norm(f, theta, method="dense")
+        if p > DENSE_HESSIAN_MAX_PARAMS:
+            return HessianNorm(0.0, products, "lanczos")
+        return HessianNorm(_dense_norm(f, theta), products, "dense")
     try:
         vals = eigsh(operator, k=1, which="LM", v0=v0, tol=tol, maxiter=maxiter, return_eigenvectors=False)
     except ArpackNoConvergence as err:  # keep the best Ritz value found: still a lower estimate
         if len(err.eigenvalues) == 0:
             raise
         vals = err.eigenvalues
-    return float(np.abs(vals).max())
+    return HessianNorm(float(np.abs(vals).max()), products, "lanczos")
+
+
+def _dense_norm(f: ScalarFn, theta: torch.Tensor) -> float:
+    """max |eigvalsh| of the dense Hessian, in float64."""
+    return float(torch.linalg.eigvalsh(dense_hessian(f, theta).double()).abs().max())
