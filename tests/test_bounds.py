@@ -19,12 +19,15 @@ from tvtheory.bounds import (
     layer_norms,
     mlp_hessian_bound,
     mlp_layers,
+    require_matching_batches,
+    step_hessian_bounds,
 )
 from tvtheory.curvature import dense_hessian
 from tvtheory.losses import Loss, get_loss
 from tvtheory.models import MLPConfig, make_mlp
 from tvtheory.objective import Objective
 from tvtheory.params import ParamLayout, flat_params
+from tvtheory.trajectory import gradient_descent
 
 U64 = 2.0 ** -53
 SMOOTH = sorted(n for n, a in ACTIVATIONS.items() if a.is_c2)
@@ -43,7 +46,7 @@ def test_mlp_layers_split_matches_nn_linear():
     theta, model = _random_theta(config, 0)
     layers = mlp_layers(config, theta)
     assert len(layers) == 2
-    for (w, b), lin in zip(layers, model.layers):
+    for (w, b), lin in zip(layers, model.layers, strict=True):
         assert torch.equal(w, lin.weight.detach()) and torch.equal(b, lin.bias.detach())
     nobias = MLPConfig((3, 5, 2), bias=False)
     th, m = _random_theta(nobias, 0)
@@ -162,7 +165,7 @@ def test_J_and_Q_bound_the_network_derivatives(activation, bias):
         for v in directions:
             v = v / torch.linalg.vector_norm(v)
             d1 = jvp(fx, (theta,), (v,))[1]
-            d2 = jvp(lambda th: jvp(fx, (th,), (v,))[1], (theta,), (v,))[1]
+            d2 = jvp(lambda th, fx=fx, v=v: jvp(fx, (th,), (v,))[1], (theta,), (v,))[1]
             assert float(torch.linalg.vector_norm(d1)) <= float(bound.J[i])
             assert float(torch.linalg.vector_norm(d2)) <= float(bound.Q[i])
     assert float(bound.Q.min()) > 0
@@ -291,3 +294,31 @@ def test_dominance_number():
     assert dominance_number(0.1, 2.0, 3) == pytest.approx(0.6, rel=U64 * 2, abs=0)
     assert dominance_number(0.5, 4.0, 3) == 6.0
     assert dominance_number(0.5, 0.0, 3) == 0.0
+
+
+def test_step_hessian_bounds_are_t4_on_each_segment_and_bound_the_hessian(make_small_problem):
+    """M_s = T4 with the norms max(layer_norms(theta_0), layer_norms(theta_s)) and the batch of step s; it
+    bounds ||hess L_{b_s}||_2 at theta_s (a point of the segment), computed densely."""
+    p = make_small_problem(batches=2)
+    traj = gradient_descent(p.objective, p.theta0, 0.3, 2, [torch.arange(0, 24), torch.arange(24, 48)])
+    M = step_hessian_bounds(p, traj)
+    assert len(M) == traj.num_steps == 4
+    config = p.model.config
+    for s, b in enumerate(traj.schedule):
+        f = p.batch_objectives[b]
+        norms = layer_norms(config, traj.theta0).max(layer_norms(config, traj.thetas[s]))
+        assert M[s] == mlp_hessian_bound(config, p.loss, f.x, f.target, norms).mean
+        assert M[s] >= float(torch.linalg.matrix_norm(dense_hessian(f, traj.thetas[s]), ord=2))
+
+
+def test_step_hessian_bounds_refuse_other_batches_and_a_vit(make_small_problem, make_vit_problem):
+    p = make_small_problem(batches=4)
+    traj = gradient_descent(p.objective, p.theta0, 0.1, 2)            # one step per epoch, not 4
+    with pytest.raises(ValueError, match=r"takes 1 steps per epoch but the problem has 4 batches; use "
+                                         r"problem.with_batches\(1\)"):
+        require_matching_batches(p, traj)
+    with pytest.raises(ValueError, match="steps per epoch"):
+        step_hessian_bounds(p, traj)
+    vit = make_vit_problem()
+    with pytest.raises(ValueError, match=r"T4 \(explicit Hessian bound\) does not apply"):
+        step_hessian_bounds(vit, gradient_descent(vit.objective, vit.theta0, 0.1, 1))

@@ -1,19 +1,24 @@
-"""Unit tests of the command line ``python -m tvtheory.bound`` (tvtheory.bound.main)."""
+"""Unit tests of the command line ``python -m tvtheory.bound`` (tvtheory.cli.main): the report, and every user
+error refused before any computation as one line on stderr with exit status 2 (130 for an interrupt)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 import tvtheory.cli as bound
 from tvtheory.bounds import T4_NOTE
 from tvtheory.cli import main, parse_vit, parse_widths
+from tvtheory.io import versions
 
 SMALL = ["--data", "synthetic", "--samples", "64", "--widths", "5,8,3", "--epochs", "3", "--no-progress"]
 HEADER = ["k", "||tau_k||", "||1st order||", "||E_k||", "||E_k - 2nd||", "bound", "bound/||E_k||",
@@ -60,7 +65,7 @@ def test_json_schema(small_run):
     assert config["widths"] == [5, 8, 3] and config["epochs"] == 3 and config["data"] == "synthetic"
     assert config["num_params"] == 75 and config["num_examples"] == 64 and config["num_batches"] == 1
     assert "json" not in config and "no_progress" not in config
-    assert {"tvtheory", "python", "torch", "numpy", "scipy", "platform"} <= set(report["versions"])
+    assert report["versions"] == versions() and {"tvtheory", "torch"} <= set(report["versions"])
     assert [e["k"] for e in report["epochs"]] == [1, 2, 3]
     for e in report["epochs"]:
         assert {"k", "tau_norm", "first_order_norm", "error_norm", "second_order_residual_norm", "bound"} <= set(e)
@@ -74,12 +79,22 @@ def test_json_schema(small_run):
         assert v["holds"] is True and isinstance(v["margin"], (int, float))
 
 
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Bad input must be refused before any computation: running the optimizer fails the test."""
+    def computed(*args, **kwargs):
+        raise AssertionError("the run started before the input was validated")
+
+    monkeypatch.setattr(bound, "run_optimizer", computed)
+
+
 def _error(argv, capsys):
     code = main(argv)
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out == ""                      # no table for bad input
     assert captured.err.startswith("error: ")
+    assert captured.err.count("\n") == 1, captured.err      # one line, no traceback
     return captured.err
 
 
@@ -102,19 +117,157 @@ def _error(argv, capsys):
     (["--widths", "5,0,3"], r"--widths needs an input and an output size, all >= 1, got '5,0,3'"),
     (["--dtype", "float16"], r"unknown dtype 'float16'"),
     (["--data", "mnist"], r"unknown data 'mnist'"),
+    (["--weight-decay", "nan"], r"--weight-decay must be a finite number >= 0, got nan"),
+    (["--weight-decay", "inf"], r"--weight-decay must be a finite number >= 0, got inf"),
+    (["--weight-decay=-0.1"], r"--weight-decay must be a finite number >= 0, got -0.1"),
+    (["--momentum", "0.5"], r"--momentum applies to --optimizer momentum only \(this run uses --optimizer gd\); "
+                            r"drop --momentum or use --optimizer momentum"),
+    (["--optimizer", "adam", "--momentum", "0.9"], r"--momentum applies to --optimizer momentum only \(this run "
+                                                   r"uses --optimizer adam\)"),
+    (["--optimizer", "momentum", "--momentum", "nan"], r"--momentum must be in \[0, 1\), got nan"),
+    (["--optimizer", "momentum", "--momentum", "inf"], r"--momentum must be in \[0, 1\), got inf"),
+    (["--optimizer", "momentum", "--momentum", "1"], r"--momentum must be in \[0, 1\), got 1.0"),
+    (["--tasks", "0"], r"--tasks must be >= 1 \(T tasks for C1\), got 0"),
+    (["--tasks", "4"], r"--tasks 4 exceeds the 3 classes of --data synthetic .*; use --tasks 1\.\.3"),
+    (["--samples", "3"], r"--samples 3 is too few: --batches 1, T3's 4 batches and --tasks 2 need at least 4 "
+                         r"examples; use --samples >= 4"),
+    (["--samples", "16", "--optimizer", "sgd", "--batches", "32"], r"--samples 16 is too few: --batches 32, .* "
+                                                                   r"use --samples >= 32"),
+    (["--samples", "4", "--tasks", "3", "--seed", "4"], r"--tasks 3: task 2 \(labels congruent to 2 mod 3\) has no "
+                                                        r"examples in 'synthetic'; use fewer tasks or more data$"),
+    (["--seed", str(2 ** 64)], r"--seed must be in -9223372036854775808\.\.18446744073709551615"),
 ])
-def test_bad_input_exits_2_with_a_clear_message(extra, message, capsys):
+def test_bad_input_exits_2_with_a_clear_message(extra, message, capsys, no_compute):
     err = _error(SMALL + extra, capsys)
+    assert re.search(message, err.strip()), err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--samples", "100"], r"--samples sets the size of --data synthetic; --data digits has a fixed size: drop "
+                           r"--samples or use --data synthetic"),
+    (["--tasks", "11"], r"--tasks 11 exceeds the 10 classes of --data digits .*; use --tasks 1\.\.10"),
+    (["--optimizer", "sgd", "--batches", "2000"], r"--batches 2000 \(T3: 2000 batches\) needs at least 2000 "
+                                                  r"examples, but --data digits has 1797; use fewer --batches"),
+])
+def test_bad_input_for_digits_exits_2_before_computing(extra, message, capsys, no_compute):
+    err = _error(["--data", "digits", "--epochs", "1", "--no-progress"] + extra, capsys)
     assert re.search(message, err), err
 
 
 @pytest.mark.parametrize("widths, message", [
-    ("5,8,10", r"the data has 64 input features but the first width is 5: use --widths 64,\.\.\.,10"),
-    ("64,8,3", r"the data has 10 classes but the last width is 3: use --widths 64,\.\.\.,10"),
+    ("5,8,10", r"the data has 64 input features but the MLP's first width is 5 \(widths \(5, 8, 10\)\): .*; "
+               r"use --widths 64,8,10$"),
+    ("64,8,3", r"the data has 10 classes but the MLP's last width is 3 \(widths \(64, 8, 3\)\): .*; "
+               r"use --widths 64,8,10$"),
+    ("5,3", r"the data has 64 input features .*; use --widths 64,10$"),
 ])
-def test_widths_not_matching_the_data(widths, message, capsys):
+def test_widths_not_matching_the_data(widths, message, capsys, no_compute):
+    """The MLP's own check decides (its message, in the model's terms), the CLI adds the flag to use."""
     err = _error(["--data", "digits", "--widths", widths, "--epochs", "1", "--no-progress"], capsys)
-    assert re.search(message, err), err
+    assert re.search(message, err.strip()), err
+
+
+def test_json_to_a_directory_is_refused_before_computing(tmp_path, capsys, no_compute):
+    err = _error(SMALL + ["--json", str(tmp_path)], capsys)
+    assert f"error: --json {tmp_path} is a directory; give a file path in it, like --json {tmp_path / 'report.json'}" \
+        in err
+
+
+@pytest.mark.parametrize("folder, what", [("missing", "does not exist"), ("a_file", "is not a folder")])
+def test_json_in_a_missing_folder_or_under_a_file_is_refused_before_computing(tmp_path, capsys, no_compute, folder,
+                                                                             what):
+    (tmp_path / "a_file").write_text("")
+    path = tmp_path / folder / "report.json"
+    err = _error(SMALL + ["--json", str(path)], capsys)
+    assert f"--json {path}: the folder {tmp_path / folder} {what}; create it first or choose a path in an existing " \
+           "folder" in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_json_in_an_unwritable_folder_is_refused_before_computing(tmp_path, capsys, no_compute, monkeypatch):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.access(folder, os.W_OK):       # root writes anyway: make the write probe meet the refusal it would get
+        def refused(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(bound.tempfile, "TemporaryFile", refused)
+    try:
+        err = _error(SMALL + ["--json", str(folder / "report.json")], capsys)
+    finally:
+        folder.chmod(0o700)
+    assert f"--json {folder / 'report.json'}: cannot create a file in {folder} (Permission denied); choose a " \
+           "writable folder" in err
+    assert list(folder.iterdir()) == []
+
+
+def test_a_failed_json_write_at_the_end_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """The folder was writable when checked but the write fails at the end (e.g. the disk filled up)."""
+    def full(path, payload):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bound, "run", lambda args: FAKE_REPORT)
+    monkeypatch.setattr(bound, "write_json_atomic", full)
+    path = tmp_path / "report.json"
+    assert main(["--no-progress", "--json", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: could not write --json {path}: No space left on device\n"
+
+
+def test_keyboard_interrupt_prints_interrupted_and_exits_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bound, "run", interrupted)
+    assert main(["--no-progress"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "interrupted\n" and captured.out == ""
+
+
+def test_sigint_during_a_run_in_a_subprocess_exits_130_without_a_traceback():
+    """A real Ctrl-C: SIGINT once the progress bar shows (the run has started), then "interrupted", status 130."""
+    proc = subprocess.Popen([sys.executable, "-m", "tvtheory.bound", "--epochs", "50"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        seen, deadline = b"", time.monotonic() + 120
+        while b"tvtheory.bound" not in seen and time.monotonic() < deadline:
+            seen += os.read(proc.stderr.fileno(), 256)
+        assert b"tvtheory.bound" in seen, seen
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    err = (seen + err).decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.rstrip().endswith("interrupted"), err
+    assert out == b""
+
+
+def test_a_library_value_error_is_one_line_exit_2(monkeypatch, capsys):
+    def refused(args):
+        raise ValueError("T2 check (5 epochs of full-batch GD): something the library refused; do this instead")
+
+    monkeypatch.setattr(bound, "run", refused)
+    err = _error(["--no-progress"], capsys)
+    assert err == "error: T2 check (5 epochs of full-batch GD): something the library refused; do this instead\n"
+
+
+def test_weight_decay_applies_to_every_optimizer():
+    """--weight-decay is not refused for any optimizer: each of them takes coupled L2 decay (torch.optim)."""
+    for name in ("gd", "sgd", "momentum", "adam"):
+        args = bound.build_parser().parse_args(SMALL + ["--optimizer", name, "--weight-decay", "0.01"]
+                                               + (["--batches", "2"] if name == "sgd" else []))
+        spec = bound.validate(args)
+        assert spec.weight_decay == 0.01 and spec.name == name
+
+
+def test_defaults_that_depend_on_other_flags_are_recorded():
+    args = bound.build_parser().parse_args(["--data", "synthetic", "--widths", "5,8,3"])
+    bound.validate(args)
+    assert args.momentum == bound.DEFAULT_MOMENTUM and args.samples == bound.DEFAULT_SAMPLES
+    args = bound.build_parser().parse_args(["--optimizer", "momentum", "--momentum", "0.5"])
+    assert bound.validate(args).momentum == 0.5
 
 
 def test_diverging_learning_rate_names_the_epoch(capsys):
@@ -141,18 +294,20 @@ def test_relu_run_exits_0_with_curvature_statements_not_applicable():
     assert "||H(theta_0)||_2" not in out
 
 
+FAKE_REPORT = {
+    "config": {"arch": "mlp", "widths": [2, 2], "num_params": 6, "activation": "tanh", "loss": "ce",
+               "data": "synthetic", "num_examples": 4, "optimizer": "gd", "lr": 0.1, "epochs": 1,
+               "num_batches": 1, "dtype": "float64", "seed": 0},
+    "hessian_norm_theta0": None, "epochs": [],
+    "verdicts": {"T1": {"holds": True, "message": "ok"}, "T2": {"holds": None, "message": "n/a"},
+                 "T4": {"holds": False, "message": "bound < ||H||"}},
+    "wall_time_s": 0.0,
+}
+
+
 def test_a_failing_statement_exits_1(monkeypatch, capsys):
     """Exit status 1 when an applicable statement fails (a report with T4 failing, the rest n/a)."""
-    report = {
-        "config": {"arch": "mlp", "widths": [2, 2], "num_params": 6, "activation": "tanh", "loss": "ce",
-                   "data": "synthetic", "num_examples": 4, "optimizer": "gd", "lr": 0.1, "epochs": 1,
-                   "num_batches": 1, "dtype": "float64", "seed": 0},
-        "hessian_norm_theta0": None, "epochs": [],
-        "verdicts": {"T1": {"holds": True, "message": "ok"}, "T2": {"holds": None, "message": "n/a"},
-                     "T4": {"holds": False, "message": "bound < ||H||"}},
-        "wall_time_s": 0.0,
-    }
-    monkeypatch.setattr(bound, "run", lambda args: report)
+    monkeypatch.setattr(bound, "run", lambda args: FAKE_REPORT)
     assert main(["--no-progress"]) == 1
     out = capsys.readouterr().out
     assert re.search(r"^\s*T4: FAILS\s+bound < \|\|H\|\|", out, re.M)
@@ -217,7 +372,7 @@ def test_vit_json_has_the_schema_of_the_mlp_report(small_run, vit_run):
     (["--vit", "16,x,2,32"], r"--vit needs 4 comma-separated integers .* got '16,x,2,32'"),
     (["--vit", "16,0,2,32"], r"--vit needs 4 comma-separated integers .* got '16,0,2,32'"),
 ])
-def test_bad_vit_input_exits_2_with_a_clear_message(extra, message, capsys):
+def test_bad_vit_input_exits_2_with_a_clear_message(extra, message, capsys, no_compute):
     err = _error(VIT_SMALL + extra, capsys)
     assert re.search(message, err), err
 

@@ -58,7 +58,7 @@ def test_partition_gives_equal_disjoint_batches(n, data):
     assert all(0 <= i < n for i in used.tolist())
     assert n - B * size == n % B                                  # exactly n mod B dropped
     again = partition(n, B, seed)
-    assert all(torch.equal(x, y) for x, y in zip(batches, again))  # seeded
+    assert all(torch.equal(x, y) for x, y in zip(batches, again, strict=True))  # seeded
 
 
 def test_partition_depends_on_the_seed_and_shuffles():

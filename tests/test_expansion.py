@@ -36,7 +36,7 @@ def test_batch_gradients(make_small_problem):
     p = make_small_problem(batches=3)
     gb = batch_gradients(p.batch_objectives, p.theta0)
     assert len(gb) == 3
-    assert all(torch.equal(a, gradient(f, p.theta0)) for a, f in zip(gb, p.batch_objectives))
+    assert all(torch.equal(a, gradient(f, p.theta0)) for a, f in zip(gb, p.batch_objectives, strict=True))
 
 
 @pytest.mark.parametrize("loss", ["ce", "mse"])
@@ -135,7 +135,7 @@ def test_remainder_is_third_order_in_lr(make_small_problem):
     for lr in (0.04, 0.02, 0.01):
         tau = gradient_descent(f, theta0, lr, K, batches).task_vector(K)
         rem.append(_norm(tau - lr * first1 - lr ** 2 * second1))
-    ratios = [a / b for a, b in zip(rem, rem[1:])]
+    ratios = [a / b for a, b in zip(rem, rem[1:], strict=False)]
     assert all(7.0 <= r <= 9.0 for r in ratios), (rem, ratios)
 
 

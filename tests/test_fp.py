@@ -21,10 +21,13 @@ from tvtheory.fp import (
     compare,
     exact_residual,
     gamma,
+    gradient_sum_length,
+    rounding_allowance,
     step_residual_bound,
     underflow_unit,
     unit_roundoff,
 )
+from tvtheory.trajectory import gradient_descent
 
 U64 = 2.0 ** -53
 HALF_SUBNORMAL64 = 2.0 ** -1075   # the largest rounding error of a result in float64's subnormal range
@@ -335,3 +338,38 @@ def test_check_t1_catches_theta1_off_by_three_ulps(dtype):
 def test_check_t1_shape_mismatch():
     with pytest.raises(ValueError, match="one shape"):
         check_t1(torch.zeros(3), torch.zeros(4), torch.zeros(3), 0.1)
+
+
+def test_gradient_sum_length_of_an_mlp_is_n_plus_max_width_plus_layers(make_small_problem):
+    p = make_small_problem(widths=(4, 9, 6, 3), n=40)
+    assert gradient_sum_length(p.model, len(p.objective)) == 4 * (40 + 9 + 4)
+
+
+def test_rounding_allowance_of_one_step_by_hand():
+    """One step theta_1 = theta_0 - lr g: gamma_2 (|lr g| + |theta_1|) + u |theta_1 - theta_0| in the norm,
+    plus 2 lr gamma_m (||g|| + ||g||)."""
+    theta0 = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    g = torch.tensor([0.5, 0.25, -1.0], dtype=torch.float64)
+    lr, m, u = 0.125, 10, U64
+    theta1 = theta0 - lr * g                                    # exact: lr and g are powers of two times small ints
+    per_coordinate = gamma(2, u) * (lr * g.abs() + theta1.abs()) + u * (lr * g).abs()
+    expected = float(per_coordinate.norm()) + 2 * lr * gamma(m, u) * 2 * float(g.norm())
+    assert rounding_allowance([theta0, theta1], [g], lr, 1, m) == pytest.approx(expected, rel=4 * U64)
+    assert rounding_allowance([theta0, theta1], [g], lr, 0, m) == 0.0     # no step, nothing rounded
+    # float32: every term scales with u (to first order), 2^-24 instead of 2^-53
+    float32 = rounding_allowance([theta0.float(), theta1.float()], [g.float()], lr, 1, m)
+    assert float32 == pytest.approx(2 ** 29 * expected, rel=1e-5)
+
+
+def test_rounding_allowance_covers_the_float32_error_of_a_short_gd_run(make_small_problem):
+    """The model of ||computed E_k - E_k||: a float32 run stays within it of the float64 run (whose own
+    rounding is ~2^29 times smaller), for a few small steps (eta ||H|| k << 1, little error propagation)."""
+    p64 = make_small_problem()
+    p32 = p64.to(torch.float32)
+    p64 = p32.to(torch.float64)                                   # the same theta_0, exactly representable
+    lr, steps = 0.01, 3
+    t32 = gradient_descent(p32.objective, p32.theta0, lr, steps)
+    t64 = gradient_descent(p64.objective, p64.theta0, lr, steps)
+    gap = float((t32.task_vector(steps).double() - t64.task_vector(steps)).norm())
+    allowance = rounding_allowance(t32.thetas, t32.grads, lr, steps, gradient_sum_length(p32.model, 48))
+    assert 0 < gap <= allowance

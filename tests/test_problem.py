@@ -22,8 +22,8 @@ def test_input_width_mismatch_names_the_model_fix():
 
 def test_output_width_mismatch_names_the_model_fix():
     data = synthetic(20, 4, 3)
-    with pytest.raises(ValueError, match=r"the data has 3 classes but the MLP's last width is 2 \(widths \(4, 6, 2\)\): "
-                                         r"build it with widths \(4, \.\.\., 3\)"):
+    with pytest.raises(ValueError, match=r"the data has 3 classes but the MLP's last width is 2 "
+                                         r"\(widths \(4, 6, 2\)\): build it with widths \(4, \.\.\., 3\)"):
         make_problem(make_mlp((4, 6, 2)), "ce", data)
 
 

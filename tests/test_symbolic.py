@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import sympy as sp
 
 from tvtheory import symbolic
@@ -12,7 +10,6 @@ from tvtheory.symbolic import (
     H_SCALAR,
     gd_step,
     momentum_scale,
-    prove_all,
     prove_minibatch_second_order,
     prove_momentum_first_order,
     prove_quadratic_series,
@@ -108,12 +105,3 @@ def test_momentum_with_dampening_is_not_proven():
     assert record["proven"] is False
     assert record["per_k"][1]["constant_gradient"] is True  # buf_0 = g_0 undamped: one step is T1
     assert record["per_k"][2]["constant_gradient"] is False
-
-
-def test_prove_all_is_proven_and_fast():
-    start = time.perf_counter()
-    record = prove_all()
-    elapsed = time.perf_counter() - start
-    assert record["proven"] is True
-    assert {"T2(b)", "T2(a)", "T3", "T3 momentum"} <= set(record)
-    assert elapsed < 5.0

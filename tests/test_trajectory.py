@@ -70,8 +70,8 @@ def test_gradient_descent_matches_a_hand_written_loop_bitwise(make_small_problem
             grads.append(g)
             thetas.append(theta)
     assert len(traj.thetas) == len(thetas) == epochs * B + 1
-    assert all(torch.equal(a, b) for a, b in zip(traj.thetas, thetas))
-    assert all(torch.equal(a, b) for a, b in zip(traj.grads, grads))
+    assert all(torch.equal(a, b) for a, b in zip(traj.thetas, thetas, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(traj.grads, grads, strict=True))
     assert traj.losses == losses
     assert traj.schedule == epoch_schedule(B, epochs)
     assert traj.steps_per_epoch == B and traj.num_steps == epochs * B and traj.epochs == epochs
@@ -192,3 +192,22 @@ def test_non_finite_parameters_are_a_divergence(small_problem):
 def test_invalid_learning_rate(small_problem, lr):
     with pytest.raises(ValueError, match="the learning rate must be a positive finite number"):
         gradient_descent(small_problem.objective, small_problem.theta0, lr, 1)
+
+
+@pytest.mark.parametrize("runner", ["gd", "torch"])
+def test_one_step_is_never_called_divergent_but_two_are(make_small_problem, runner):
+    """lr = 300 on the MSE problem: the loss goes from 0.59 to ~2.7e4 (> DIVERGENCE_FACTOR (0.59 + 1)) in one
+    step. A one-step run (T1's setting: tau = -eta g holds for any eta) returns it; a two-step run refuses."""
+    p = make_small_problem(loss="mse")
+    lr = 300.0
+
+    def run(epochs):
+        if runner == "gd":
+            return gradient_descent(p.objective, p.theta0, lr, epochs)
+        return run_optimizer(p.objective, p.theta0, OptimizerSpec("gd", lr).make, epochs, lr_for_messages=lr)
+
+    traj = run(1)
+    assert float(p.objective(traj.thetas[1])) > DIVERGENCE_FACTOR * (float(p.objective(p.theta0)) + 1)
+    assert check_t1(traj.theta0, traj.thetas[1], traj.grads[0], lr).holds
+    with pytest.raises(DivergenceError, match=r"the loss exploded from 0\.594\d* to \S+ in epoch 2"):
+        run(2)

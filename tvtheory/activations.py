@@ -68,12 +68,13 @@ def get_activation(name: str) -> Activation:
         raise ValueError(f"unknown activation {name!r}; known activations: {known}") from None
 
 
-def require_c2(activation: Activation, statement: str) -> None:
-    """Refuse a curvature statement for an activation that is not C^2 (e.g. ReLU)."""
-    if not activation.is_c2:
+def require_c2(activation: Activation, statement: str) -> tuple[float, float]:
+    """(c1, c2) of a C^2 activation; refuses a curvature statement for one that is not C^2 (e.g. ReLU)."""
+    if activation.c1 is None or activation.c2 is None:
         smooth = ", ".join(n for n, a in sorted(ACTIVATIONS.items()) if a.is_c2)
         raise NotC2Error(
             f"{statement} needs a C^2 activation with bounded sigma' and sigma''; "
             f"{activation.name!r} is not C^2, so no Hessian bound exists. "
             f"Use one of: {smooth} (T1 still holds for {activation.name!r})."
         )
+    return activation.c1, activation.c2

@@ -13,7 +13,8 @@ s_l >= ||W_l||_2 and beta_l >= ||b_l||:
     Q_1 = 0,  Q_l = 2 c1 J_{l-1} + s_l c2 J_{l-1}^2 + s_l c1 Q_{l-1}
     ||Df[v]|| <= J_L,  ||D^2 f[v, v]|| <= Q_L,  ||hess l(f(x), y)||_2 <= lambda J_L^2 + r Q_L
 (J_l^2 = sum_{m<=l} rho_{m,l}^2 with rho_{m,l} = e_m prod_{k=m+1}^{l} c1 s_k, written as a recursion.)
-The mean loss has Hessian norm at most the mean of the per-example bounds.
+The mean loss has Hessian norm at most the mean of the per-example bounds. ``step_hessian_bounds`` gives the
+M_s of a trajectory: T4 for the batch of step s with the norms of the segment [theta_0, theta_s].
 T4 covers this MLP only: for a ViT there is no such bound (``T4_NOTE``), and no M_s for T2(c)/T3.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -30,6 +32,8 @@ from .activations import get_activation, require_c2
 from .fp import unit_roundoff
 from .losses import CE_GRADIENT_BOUND, Loss
 from .models.mlp import MLP, MLPConfig
+from .problem import Problem
+from .trajectory import Trajectory
 
 _U64 = unit_roundoff(torch.float64)
 
@@ -39,7 +43,7 @@ T4_NOTE = ("T4 (explicit Hessian bound) does not apply: it covers feed-forward n
            "eta*M*k is given; E_k and the second-order term are measured (by Hessian-vector products).")
 
 
-def has_curvature_bound(model: nn.Module) -> bool:
+def has_curvature_bound(model: nn.Module) -> TypeGuard[MLP]:
     """Whether T4 bounds this network's Hessian: the MLP only (see ``T4_NOTE``)."""
     return isinstance(model, MLP)
 
@@ -59,11 +63,12 @@ class LayerNorms:
 def mlp_layers(config: MLPConfig, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """(W_l, b_l) for l = 1..L from a flat MLP parameter vector (nn.Linear layout, row-major)."""
     widths, out, start = config.widths, [], 0
-    expected = sum(n_out * n_in + (n_out if config.bias else 0) for n_in, n_out in zip(widths[:-1], widths[1:]))
+    expected = sum(n_out * n_in + (n_out if config.bias else 0)
+                   for n_in, n_out in zip(widths[:-1], widths[1:], strict=True))
     if theta.numel() != expected:
         raise ValueError(f"theta has {theta.numel()} entries, but an MLP with widths {widths} "
                          f"(bias={config.bias}) has {expected} parameters")
-    for n_in, n_out in zip(widths[:-1], widths[1:]):
+    for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
         w = theta[start:start + n_out * n_in].view(n_out, n_in)
         start += n_out * n_in
         b = None
@@ -116,8 +121,7 @@ def mlp_hessian_bound(
     ``layer_norms(a).max(layer_norms(b))`` for the segment [a, b]. Cost: O(N L) after the L spectral norms.
     """
     act = get_activation(config.activation)
-    require_c2(act, "the curvature bound T4")
-    c1, c2 = act.c1, act.c2
+    c1, c2 = require_c2(act, "the curvature bound T4")
     s, beta, widths = norms.weight, norms.bias, config.widths
     L = config.depth
     if s.numel() != L:
@@ -154,7 +158,8 @@ def aposteriori_error_bound(lr: float, step_bounds: Sequence[float], thetas: Seq
     if len(step_bounds) != len(thetas):
         raise ValueError(f"{len(step_bounds)} Hessian bounds for {len(thetas)} steps")
     theta0 = thetas[0]
-    return lr * sum(m * float(torch.linalg.vector_norm((t - theta0).double())) for m, t in zip(step_bounds, thetas))
+    return lr * sum(m * float(torch.linalg.vector_norm((t - theta0).double()))
+                    for m, t in zip(step_bounds, thetas, strict=True))
 
 
 def coarse_error_bound(lr: float, k: int, M: float, G: float) -> float:
@@ -165,3 +170,30 @@ def coarse_error_bound(lr: float, k: int, M: float, G: float) -> float:
 def dominance_number(lr: float, M: float, k: int) -> float:
     """eta * M * k: ||E_k|| / ||k eta g|| <= (eta M k / 2) G/||g||, so the first epoch dominates while it is small."""
     return lr * M * k
+
+
+def require_matching_batches(problem: Problem, traj: Trajectory) -> None:
+    """Refuse a trajectory whose steps per epoch are not the problem's batches (step s uses batch b_s of
+    ``problem.batch_objectives``, so the two must agree).
+    """
+    if traj.steps_per_epoch != problem.num_batches:
+        raise ValueError(f"the trajectory takes {traj.steps_per_epoch} steps per epoch but the problem has "
+                         f"{problem.num_batches} batches; use problem.with_batches({traj.steps_per_epoch})")
+
+
+def step_hessian_bounds(problem: Problem, traj: Trajectory) -> list[float]:
+    """M_s: the T4 bound for the batch loss of step s on the segment [theta_0, theta_s] (MLP only), for every
+    step of ``traj``: ``mlp_hessian_bound`` with s_l, beta_l = the larger of ``layer_norms`` at theta_0 and
+    theta_s (norms are convex, so that bounds the whole segment).
+    """
+    model = problem.model
+    if not has_curvature_bound(model):
+        raise ValueError(T4_NOTE)
+    require_matching_batches(problem, traj)
+    norms0 = layer_norms(model.config, traj.theta0)
+    out = []
+    for s, b in enumerate(traj.schedule):
+        f = problem.batch_objectives[b]
+        norms = norms0.max(layer_norms(model.config, traj.thetas[s]))
+        out.append(mlp_hessian_bound(model.config, problem.loss, f.x, f.target, norms).mean)
+    return out

@@ -8,21 +8,26 @@ term||, the T2(c)/T3 bound (M from T4), bound/||E_k||, cos(tau_k, -g) and the do
 then one verdict per statement (T1, C1, T2, T3, T4) and for the optimizer run. ``--json PATH`` writes the
 same with the config and library versions (schema in README.md). For ``--arch vit`` (a ViT classifier on
 1x8x8 images) T4, and with it the bound and dominance columns, is n/a (``bounds.T4_NOTE``).
-Exit status: 0 when every applicable statement holds, 1 when one fails, 2 for bad input.
+Every input is checked before any computation; a user error is one line on stderr ("error: ..." naming the
+flag and the fix). Exit status: 0 when every applicable statement holds, 1 when one fails, 2 for bad input
+(or a library refusal, or a --json file that could not be written), 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .activations import ACTIVATIONS, get_activation
-from .curvature import hessian_spectral_norm
+from .curvature import hessian_norm
 from .data import Dataset, contiguous_batches, digits, split_by_label, synthetic
 from .fp import DTYPES
 from .io import versions, write_json_atomic
@@ -30,12 +35,17 @@ from .losses import LOSSES
 from .models import make_mlp, make_vit
 from .models.vit import ViTConfig
 from .optimizers import OPTIMIZERS, OptimizerSpec
-from .problem import make_problem
-from .theorems import Verdict, epoch_rows, verify_c1, verify_optimizer, verify_t1, verify_t2, verify_t3, verify_t4
+from .problem import Problem, make_problem
+from .table import epoch_rows
+from .theorems import Verdict, verify_c1, verify_optimizer, verify_t1, verify_t2, verify_t3, verify_t4
 from .trajectory import DivergenceError, run_optimizer
 
 DATASETS = ("digits", "synthetic")
 MLP_DEFAULTS = {"widths": "64,32,10", "activation": "tanh"}
+DEFAULT_MOMENTUM = 0.9      # --momentum, for --optimizer momentum (recorded in the report's config either way)
+DEFAULT_SAMPLES = 512       # --samples, for --data synthetic (recorded in the report's config either way)
+T3_BATCHES = 4              # T3 is checked on --batches batches, or on this many for a full-batch run
+SEEDS = (-2 ** 63, 2 ** 64 - 1)   # the seeds torch.manual_seed accepts
 VIT_DEFAULT = "16,1,2,32"
 VIT_IMAGE = {"channels": 1, "image_size": 8, "patch_size": 4}   # digits' 64 features as one 8x8 image
 VIT_SYNTHETIC_CLASSES = 10                                      # --data synthetic for the ViT: digits' shapes
@@ -50,6 +60,7 @@ class UsageError(ValueError):
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
+    """--widths n_0,...,n_L -> the MLP's widths (at least an input and an output size, all >= 1)."""
     try:
         widths = tuple(int(w) for w in text.split(","))
     except ValueError:
@@ -68,7 +79,7 @@ def parse_vit(text: str) -> dict[str, int]:
     if len(values) != 4 or min(values) < 1:
         raise UsageError(f"--vit needs 4 comma-separated integers dim,depth,heads,mlp_dim, all >= 1, like "
                          f"{VIT_DEFAULT}, got {text!r}")
-    sizes = dict(zip(("dim", "depth", "heads", "mlp_dim"), values))
+    sizes = dict(zip(("dim", "depth", "heads", "mlp_dim"), values, strict=True))
     if sizes["dim"] % sizes["heads"]:
         raise UsageError(f"--vit: dim {sizes['dim']} must be a multiple of heads {sizes['heads']} (each head gets "
                          f"dim/heads features), got {text!r}")
@@ -83,6 +94,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m tvtheory.bound`` (what each one means is in its help text)."""
     p = argparse.ArgumentParser(prog="python -m tvtheory.bound", description=__doc__.split("\n\n")[0],
                                 formatter_class=_HelpFormatter)
     p.add_argument("--arch", default="mlp", help=f"architecture: {', '.join(ARCHITECTURES)}")
@@ -98,27 +110,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="K, epochs of finetuning")
     p.add_argument("--batches", type=int, default=1, help="B, equal batches per epoch (1 = full batch)")
     p.add_argument("--optimizer", default="gd", help=f"one of {', '.join(OPTIMIZERS)}")
-    p.add_argument("--momentum", type=float, default=0.9, help="heavy-ball momentum for --optimizer momentum")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay lambda (breaks T1)")
+    p.add_argument("--momentum", type=float, default=None,
+                   help=f"heavy-ball momentum mu in [0, 1), only with --optimizer momentum (default: "
+                        f"{DEFAULT_MOMENTUM})")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="L2 weight decay lambda >= 0 of the --optimizer run, any optimizer (breaks T1); the checks "
+                        "of T1-T4 themselves run plain GD")
     p.add_argument("--dtype", default="float64", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batch split")
     p.add_argument("--data", default="digits", help="digits (scikit-learn's bundled 8x8 digits) or synthetic "
                                                     "(Gaussian inputs, linear teacher; n_0 features and n_L classes "
                                                     "for mlp, digits' 64 features and 10 classes for vit)")
-    p.add_argument("--samples", type=int, default=512, help="examples of --data synthetic")
-    p.add_argument("--tasks", type=int, default=2, help="T, tasks (label classes mod T) for corollary C1")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"examples of --data synthetic, only with it (default: {DEFAULT_SAMPLES})")
+    p.add_argument("--tasks", type=int, default=2,
+                   help="T, tasks (label classes mod T) for corollary C1, 1..number of classes")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="write the results as JSON to PATH, in an existing writable folder (checked first)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
-def validate(args: argparse.Namespace) -> OptimizerSpec:
-    """Reject bad input with a message naming the problem and the fix, and fill in the architecture's size
-    defaults (--widths and --activation for mlp, --vit for vit); returns the optimizer spec (whose
-    constructor checks the optimizer name, momentum and weight decay).
+def _require(flag: str, value: float, ok: bool, text: str) -> None:
+    """Refuse ``value`` for ``flag`` unless it is finite and ``ok`` (``text`` says what is allowed)."""
+    if not (math.isfinite(value) and ok):
+        raise UsageError(f"{flag} must be {text}, got {value}")
+
+
+def check_output_path(path: str) -> None:
+    """Refuse, before any work, a --json PATH that could not be written at the end: a directory, a folder that
+    does not exist or is not a folder, or one where no file can be created (probed with a temporary file).
     """
-    if not (args.lr > 0 and args.lr < float("inf")):
-        raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise UsageError(f"--json {path} is a directory; give a file path in it, like --json {target / 'report.json'}")
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise UsageError(f"--json {path}: the folder {folder} {what}; create it first or choose a path in an "
+                         "existing folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UsageError(f"--json {path}: cannot create a file in {folder} ({err.strerror}); choose a writable "
+                         "folder") from None
+
+
+def validate(args: argparse.Namespace) -> OptimizerSpec:
+    """Reject bad input with a message naming the problem and the fix, and fill in the defaults that depend on
+    other flags (--widths and --activation for mlp, --vit for vit, --momentum, --samples); returns the optimizer
+    spec. A flag that the chosen run would ignore (--momentum without --optimizer momentum, --samples without
+    --data synthetic, the size flags of the other architecture) is refused, never silently dropped.
+    Everything that needs the data (widths, tasks, batches against the examples) is checked by ``prepare``.
+    """
+    _require("--lr", args.lr, args.lr > 0, "a positive finite number")
+    _require("--weight-decay", args.weight_decay, args.weight_decay >= 0, "a finite number >= 0")
+    if args.optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {args.optimizer!r}; known optimizers: {', '.join(OPTIMIZERS)}")
+    if args.momentum is not None:
+        if args.optimizer != "momentum":
+            raise UsageError(f"--momentum applies to --optimizer momentum only (this run uses --optimizer "
+                             f"{args.optimizer}); drop --momentum or use --optimizer momentum")
+        _require("--momentum", args.momentum, 0 <= args.momentum < 1, "in [0, 1)")
+    args.momentum = DEFAULT_MOMENTUM if args.momentum is None else args.momentum
     spec = OptimizerSpec(args.optimizer, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     if args.arch not in ARCHITECTURES:
         raise UsageError(f"unknown architecture {args.arch!r}; known architectures: {', '.join(ARCHITECTURES)}")
@@ -127,6 +182,7 @@ def validate(args: argparse.Namespace) -> OptimizerSpec:
             raise UsageError("--vit sets the size of a ViT; with --arch mlp use --widths (or use --arch vit)")
         args.widths = MLP_DEFAULTS["widths"] if args.widths is None else args.widths
         args.activation = MLP_DEFAULTS["activation"] if args.activation is None else args.activation
+        parse_widths(args.widths)
     else:
         if args.widths is not None:
             raise UsageError("--widths sets the layer sizes of an MLP; with --arch vit use --vit dim,depth,heads,"
@@ -136,6 +192,7 @@ def validate(args: argparse.Namespace) -> OptimizerSpec:
                              "GELU, which is C^2; drop --activation")
         args.activation = "gelu"
         args.vit = VIT_DEFAULT if args.vit is None else args.vit
+        parse_vit(args.vit)
     get_activation(args.activation)
     if args.loss not in LOSSES:
         raise UsageError(f"unknown loss {args.loss!r}; known losses: {', '.join(LOSSES)}")
@@ -149,12 +206,30 @@ def validate(args: argparse.Namespace) -> OptimizerSpec:
         raise UsageError(f"--batches must be >= 1, got {args.batches}")
     if args.optimizer == "gd" and args.batches != 1:
         raise UsageError("--optimizer gd is full-batch gradient descent; use --optimizer sgd with --batches > 1")
+    if args.tasks < 1:
+        raise UsageError(f"--tasks must be >= 1 (T tasks for C1), got {args.tasks}")
+    if not SEEDS[0] <= args.seed <= SEEDS[1]:
+        raise UsageError(f"--seed must be in {SEEDS[0]}..{SEEDS[1]} (what torch.manual_seed accepts), got {args.seed}")
+    if args.samples is not None and args.data != "synthetic":
+        raise UsageError(f"--samples sets the size of --data synthetic; --data {args.data} has a fixed size: drop "
+                         "--samples or use --data synthetic")
+    args.samples = DEFAULT_SAMPLES if args.samples is None else args.samples
+    if args.data == "synthetic":
+        needed = max(args.batches, t3_batches(args), args.tasks)
+        if args.samples < needed:
+            raise UsageError(f"--samples {args.samples} is too few: --batches {args.batches}, T3's {t3_batches(args)} "
+                             f"batches and --tasks {args.tasks} need at least {needed} examples; use --samples >= "
+                             f"{needed}")
+    if args.json is not None:
+        check_output_path(args.json)
     return spec
 
 
 def build_model(args: argparse.Namespace, dtype: torch.dtype) -> tuple[nn.Module, Dataset]:
     """The network and the data of a validated run: the MLP of --widths, or the ViT of --vit on VIT_INPUT
     (--data synthetic: widths[0] features and widths[-1] classes for the MLP, digits' shapes for the ViT).
+    The MLP's own shape check (``MLP.check_data``) decides whether --widths fits the data; its message gets the
+    command-line fix appended.
     """
     def data(features: int, classes: int) -> Dataset:
         return digits(dtype) if args.data == "digits" else synthetic(args.samples, features, classes, args.seed, dtype)
@@ -162,59 +237,83 @@ def build_model(args: argparse.Namespace, dtype: torch.dtype) -> tuple[nn.Module
     if args.arch == "mlp":
         widths = parse_widths(args.widths)
         task = data(widths[0], widths[-1])
-        d, classes = task.x.shape[1], task.num_classes
-        if d != widths[0]:
-            raise UsageError(f"the data has {d} input features but the first width is {widths[0]}: "
-                             f"use --widths {d},...,{widths[-1]}")
-        if widths[-1] != classes:
-            raise UsageError(f"the data has {classes} classes but the last width is {widths[-1]}: "
-                             f"use --widths {widths[0]},...,{classes}")
-        return make_mlp(widths, args.activation, seed=args.seed, dtype=dtype), task
+        mlp = make_mlp(widths, args.activation, seed=args.seed, dtype=dtype)
+        features, classes = task.x.shape[1], task.num_classes
+        try:
+            mlp.check_data(features, classes)
+        except ValueError as err:
+            fitted = ",".join(map(str, (features, *widths[1:-1], classes)))
+            raise UsageError(f"{err}; use --widths {fitted}") from None
+        return mlp, task
     task = data(VIT_IMAGE["channels"] * VIT_IMAGE["image_size"] ** 2, VIT_SYNTHETIC_CLASSES)
     config = ViTConfig(**VIT_IMAGE, **parse_vit(args.vit), num_classes=task.num_classes)
     return make_vit(config, seed=args.seed, dtype=dtype), task
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Build the problem, run the optimizer, and check every statement; returns the JSON report."""
+def t3_batches(args: argparse.Namespace) -> int:
+    """B for the T3 check: --batches, or ``T3_BATCHES`` for a full-batch run."""
+    return args.batches if args.batches > 1 else T3_BATCHES
+
+
+def prepare(args: argparse.Namespace) -> tuple[OptimizerSpec, Problem, list[Dataset]]:
+    """Everything checked before any computation: the flags (``validate``), then the model against the data,
+    the batches against the examples and the C1 tasks against the labels. Returns the optimizer spec, the
+    problem and the tasks of C1.
+    """
     spec = validate(args)
-    started = time.perf_counter()
     model, data = build_model(args, DTYPES[args.dtype])
+    needed = max(args.batches, t3_batches(args))
+    if len(data) < needed:     # --data synthetic is checked by validate; digits has a fixed size
+        raise UsageError(f"--batches {args.batches} (T3: {t3_batches(args)} batches) needs at least {needed} "
+                         f"examples, but --data {args.data} has {len(data)}; use fewer --batches")
     problem = make_problem(model, args.loss, data, args.batches, args.seed)
+    if args.tasks > data.num_classes:
+        raise UsageError(f"--tasks {args.tasks} exceeds the {data.num_classes} classes of --data {args.data} (each "
+                         f"task holds the labels congruent to t mod T); use --tasks 1..{data.num_classes}")
+    try:
+        tasks = split_by_label(problem.data, args.tasks)
+    except ValueError as err:
+        raise UsageError(f"--tasks {args.tasks}: {err}") from None
+    return spec, problem, tasks
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Validate everything (``prepare``), run the optimizer, and check every statement; returns the JSON report."""
+    started = time.perf_counter()
+    spec, problem, tasks = prepare(args)
     n, B = len(problem.objective), problem.num_batches
     batches = None if B == 1 else contiguous_batches(n, B)
-    smooth = model.act.is_c2
-    stages = tqdm(total=8, desc="tvtheory.bound", disable=args.no_progress, leave=False)
+    smooth = problem.act.is_c2
+    with tqdm(total=8, desc="tvtheory.bound", disable=args.no_progress, leave=False) as stages:
 
-    def stage(name):
-        stages.set_postfix_str(name)
-        stages.update(1)
+        def stage(name: str) -> None:
+            stages.set_postfix_str(name)
+            stages.update(1)
 
-    traj = run_optimizer(problem.objective, problem.theta0, spec.make, args.epochs, batches, lr_for_messages=args.lr)
-    stage("per-epoch table")
-    rows = epoch_rows(problem, spec, traj)
-    stage("Hessian norm")
-    p64 = problem.to(torch.float64)
-    h0 = hessian_spectral_norm(p64.objective, p64.theta0) if smooth else None
-    B3 = B if B > 1 else 4
-    checks = [
-        ("T1", "one full-batch GD step", lambda: verify_t1(problem, args.lr)),
-        ("C1", f"one GD step on each of {args.tasks} tasks",
-         lambda: verify_c1(problem, args.lr, split_by_label(problem.data, args.tasks))),
-        ("T2", f"{args.epochs} epochs of full-batch GD", lambda: verify_t2(problem, args.lr, args.epochs, h0)),
-        ("T3", f"one epoch of SGD with {B3} batches",
-         lambda: verify_t3(problem, args.lr, B3, hessian_norm=h0 if B == 1 else None)),
-        ("T4", "the curvature bound", lambda: verify_t4(problem, [traj.theta0, traj.thetas[-1]], [h0, None])),
-        ("optimizer", f"the {args.optimizer} run", lambda: verify_optimizer(problem, spec, traj)),
-    ]
-    verdicts: list[Verdict] = []
-    for name, what, check in checks:
-        stage(name)
-        try:
-            verdicts.append(check())
-        except (ValueError, DivergenceError) as err:
-            raise type(err)(f"{name} check ({what}): {err}") from err
-    stages.close()
+        traj = run_optimizer(problem.objective, problem.theta0, spec.make, args.epochs, batches,
+                             lr_for_messages=args.lr)
+        stage("per-epoch table")
+        rows = epoch_rows(problem, spec, traj)
+        stage("Hessian norm")
+        p64 = problem.to(torch.float64)
+        h0 = hessian_norm(p64.objective, p64.theta0).value if smooth else None
+        B3 = t3_batches(args)
+        checks = [
+            ("T1", "one full-batch GD step", lambda: verify_t1(problem, args.lr)),
+            ("C1", f"one GD step on each of {args.tasks} tasks", lambda: verify_c1(problem, args.lr, tasks)),
+            ("T2", f"{args.epochs} epochs of full-batch GD", lambda: verify_t2(problem, args.lr, args.epochs, h0)),
+            ("T3", f"one epoch of SGD with {B3} batches",
+             lambda: verify_t3(problem, args.lr, B3, hessian_norm=h0 if B == 1 else None)),
+            ("T4", "the curvature bound", lambda: verify_t4(problem, [traj.theta0, traj.thetas[-1]], [h0, None])),
+            ("optimizer", f"the {args.optimizer} run", lambda: verify_optimizer(problem, spec, traj)),
+        ]
+        verdicts: list[Verdict] = []
+        for name, what, check in checks:
+            stage(name)
+            try:
+                verdicts.append(check())
+            except (ValueError, DivergenceError) as err:
+                raise type(err)(f"{name} check ({what}): {err}") from err
     config = {k: v for k, v in vars(args).items() if k not in ("json", "no_progress")}
     sizes = {"widths": None if args.widths is None else list(parse_widths(args.widths)),
              "vit": None if args.vit is None else list(parse_vit(args.vit).values())}
@@ -263,16 +362,24 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 all hold, 1 one fails, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
         report = run(args)
+        print(format_report(report))
+        if args.json:
+            try:
+                write_json_atomic(args.json, report)
+            except OSError as err:
+                print(f"error: could not write --json {args.json}: {err.strerror or err}", file=sys.stderr)
+                return 2
+            print(f"wrote {args.json}")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except (ValueError, DivergenceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(format_report(report))
-    if args.json:
-        write_json_atomic(args.json, report)
-        print(f"wrote {args.json}")
     applicable = [v["holds"] for v in report["verdicts"].values() if v["holds"] is not None]
     return 0 if all(applicable) else 1
 

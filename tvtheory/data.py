@@ -34,9 +34,11 @@ class Dataset:
         return self.y
 
     def subset(self, index: torch.Tensor, name: str | None = None) -> Dataset:
+        """The examples at ``index`` (in that order), under ``name`` or this dataset's name."""
         return Dataset(name or self.name, self.x[index], self.y[index], self.num_classes)
 
     def to(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Dataset:
+        """The same examples with x in ``dtype`` (labels stay int64), on ``device``."""
         return Dataset(self.name, self.x.to(device=device, dtype=dtype), self.y.to(device), self.num_classes)
 
 
@@ -67,7 +69,7 @@ def split_by_label(data: Dataset, num_tasks: int) -> list[Dataset]:
         index = torch.nonzero(data.y % num_tasks == t).squeeze(1)
         if index.numel() == 0:
             raise ValueError(f"task {t} (labels congruent to {t} mod {num_tasks}) has no examples in "
-                             f"{data.name!r}; use fewer tasks (--tasks) or more data")
+                             f"{data.name!r}; use fewer tasks or more data")
         tasks.append(data.subset(index, f"{data.name}[y%{num_tasks}=={t}]"))
     return tasks
 

@@ -9,6 +9,10 @@ obeys, elementwise (derivation in docs/theory.md, T1):
 where u = 2^-53 (float64) or 2^-24 (float32) and eta_min is half the smallest subnormal (underflow of
 the product). The four roundings on the eta*g path are: eta -> eta', eta' * g, the update, the
 subtraction. Other optimizers change the update and therefore the number of roundings n (``gamma``).
+
+Over many steps, E_k (task vector minus first-order term) is computed from rounded iterates and rounded
+gradients; ``rounding_allowance`` models ||computed E_k - E_k|| (T2(c), T3 and the remainder fits compare
+against bound + allowance).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from .task_vectors import norm
 
 _SPLITTER = 134217729.0  # 2^27 + 1, Veltkamp's constant for float64
 
@@ -122,9 +129,11 @@ class ResidualCheck:
 
     @property
     def holds(self) -> bool:
+        """|r| <= bound in every coordinate (max_ratio <= 1)."""
         return self.max_ratio <= 1.0
 
     def to_dict(self) -> dict:
+        """The summary as JSON-ready numbers, with ``holds``."""
         return {"holds": self.holds, "max_ratio": self.max_ratio, "residual_norm": self.residual_norm,
                 "bound_norm": self.bound_norm, "tau_norm": self.tau_norm,
                 "exact_zero_fraction": self.exact_zero_fraction}
@@ -156,3 +165,32 @@ def check_t1(theta0: torch.Tensor, theta1: torch.Tensor, g: torch.Tensor, lr: fl
     r = exact_residual(tau, g, lr)
     bound = step_residual_bound(theta0, float(lr) * g.detach().double().abs(), dtype)
     return compare(r, bound, tau)
+
+
+def gradient_sum_length(model: nn.Module, num_examples: int) -> int:
+    """m = 4 (N + n + L): N examples, n the largest side of a weight matrix, L the number of weight matrices
+    plus one. For the MLP, n = max width and L = len(widths); for the ViT, n bounds the sums of its Linear
+    maps (its attention sums over the tokens, fewer than n in the CLI's ViTs).
+    """
+    matrices = [p.shape for p in model.parameters() if p.ndim == 2]
+    return 4 * (num_examples + max((max(shape) for shape in matrices), default=0) + len(matrices) + 1)
+
+
+def rounding_allowance(thetas: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], lr: float, steps: int,
+                       sum_length: int) -> float:
+    """A floating-point model of ||computed E - E|| after the first ``steps`` steps of the functional GD/SGD
+    iteration theta_{s+1} = theta_s - lr g_s (``thetas`` = theta_0, theta_1, ..., ``grads`` = g_0, g_1, ...).
+
+    Step s computes theta_{s+1} = fl(theta_s - fl(eta g_s)), off by at most gamma_2 (|eta g_s| + |theta_{s+1}|)
+    elementwise; the task vector adds u |tau|; each gradient evaluation is modelled as accurate to
+    gamma_m ||g|| with m = ``sum_length`` (backward-stable backpropagation with sums of that length,
+    ``gradient_sum_length``). Returns, with S = ``steps``,
+        || sum_{s<S} gamma_2 (|eta g_s| + |theta_{s+1}|) + u |theta_S - theta_0| ||
+        + 2 eta gamma_m sum_{s<S} (||g_s|| + ||g_0||).
+    """
+    u = unit_roundoff(thetas[0].dtype)
+    steps_term = sum(gamma(2, u) * (lr * grads[s].double().abs() + thetas[s + 1].double().abs())
+                     for s in range(steps))
+    task = u * (thetas[steps] - thetas[0]).double().abs()
+    grads_term = 2 * lr * gamma(sum_length, u) * sum(norm(grads[s]) + norm(grads[0]) for s in range(steps))
+    return norm(steps_term + task) + grads_term

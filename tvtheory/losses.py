@@ -51,6 +51,7 @@ CE_GRADIENT_BOUND = math.sqrt(2.0)
 
 
 def get_loss(name: str) -> Loss:
+    """Look up a loss by name ("mse" or "ce"), with a clear error listing the known ones."""
     try:
         return LOSSES[name]
     except KeyError:

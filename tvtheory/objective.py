@@ -26,6 +26,7 @@ class Objective:
         self.layout = ParamLayout.of(model)
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        """L(theta) = (1/N) sum_i l(f(x_i; theta), y_i), the mean loss at a flat parameter vector."""
         return self.loss.fn(self.outputs(theta), self.target)
 
     def outputs(self, theta: torch.Tensor) -> torch.Tensor:

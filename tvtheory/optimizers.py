@@ -57,6 +57,7 @@ class OptimizerSpec:
                                 weight_decay=self.weight_decay, foreach=False)
 
     def to_dict(self) -> dict:
+        """The spec's fields as a dict (JSON-ready)."""
         return asdict(self)
 
 

@@ -24,11 +24,13 @@ class ParamLayout:
 
     @classmethod
     def of(cls, module: nn.Module) -> ParamLayout:
+        """The layout of ``module.named_parameters()``."""
         named = list(module.named_parameters())
         return cls(tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
 
     @property
     def numels(self) -> tuple[int, ...]:
+        """The number of entries of each parameter tensor."""
         return tuple(math.prod(s) for s in self.shapes)
 
     @property
@@ -39,7 +41,7 @@ class ParamLayout:
     def slices(self) -> dict[str, slice]:
         """The slice of the flat vector that holds each named parameter."""
         out, start = {}, 0
-        for name, n in zip(self.names, self.numels):
+        for name, n in zip(self.names, self.numels, strict=True):
             out[name] = slice(start, start + n)
             start += n
         return out
@@ -50,15 +52,15 @@ class ParamLayout:
             raise ValueError(
                 f"flat parameter vector has shape {tuple(theta.shape)}, expected ({self.size},) for this model"
             )
-        parts = torch.split(theta, self.numels)
-        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes)}
+        parts = torch.split(theta, list(self.numels))
+        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
 
     def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Concatenate named tensors (e.g. a state dict or gradients) into one flat vector."""
         missing = [n for n in self.names if n not in tensors]
         if missing:
             raise ValueError(f"missing parameters {missing}; expected names {list(self.names)}")
-        for n, s in zip(self.names, self.shapes):
+        for n, s in zip(self.names, self.shapes, strict=True):
             if tuple(tensors[n].shape) != s:
                 raise ValueError(f"parameter {n!r} has shape {tuple(tensors[n].shape)}, expected {s}")
         return torch.cat([tensors[n].reshape(-1) for n in self.names])
@@ -80,5 +82,5 @@ def flat_grads(module: nn.Module) -> torch.Tensor:
 def load_flat_(module: nn.Module, theta: torch.Tensor) -> None:
     """Copy a flat vector into the module's parameters, in place."""
     layout = ParamLayout.of(module)
-    for p, value in zip(module.parameters(), layout.unflatten(theta).values()):
+    for p, value in zip(module.parameters(), layout.unflatten(theta).values(), strict=True):
         p.copy_(value)

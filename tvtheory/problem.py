@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .activations import Activation
 from .data import Dataset, partition
 from .losses import Loss, get_loss
 from .objective import Objective
@@ -31,11 +32,22 @@ class Problem:
     theta0: torch.Tensor
 
     @property
+    def act(self) -> Activation:
+        """The network's activation (``model.act``, which the MLP and the ViT classifier carry): whether L is C^2."""
+        act = getattr(self.model, "act", None)
+        if not isinstance(act, Activation):
+            raise TypeError(f"{type(self.model).__name__} has no .act (an Activation); the checks of T2-T4 need "
+                            "to know whether the network is C^2")
+        return act
+
+    @property
     def num_params(self) -> int:
+        """P, the number of parameters."""
         return self.theta0.numel()
 
     @property
     def num_batches(self) -> int:
+        """B, the number of batches."""
         return len(self.batch_objectives)
 
     def to(self, dtype: torch.dtype) -> Problem:

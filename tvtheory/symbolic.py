@@ -21,7 +21,7 @@ and the record says ``False``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import sympy as sp
 
@@ -49,6 +49,14 @@ def _truncate(expr: sp.Expr, order: int, eta: sp.Symbol = ETA) -> sp.Expr:
         if sp.Mul(*commutative).as_powers_dict().get(eta, 0) <= order:
             kept.append(term)
     return sp.Add(*kept)
+
+
+def _record(theorem: str, cases: dict, conditions: Sequence[bool], **fields: object) -> dict:
+    """A proof's record {"theorem": ..., **fields, "proven": ...}: proven when every check of every case
+    (``cases[n]`` maps check names to bools) and every extra condition came out True.
+    """
+    proven = all(all(checks.values()) for checks in cases.values()) and all(conditions)
+    return {"theorem": theorem, **fields, "proven": proven}
 
 
 def _coefficients(expr: sp.Expr, order: int, eta: sp.Symbol = ETA) -> list[sp.Expr]:
@@ -187,15 +195,8 @@ def prove_second_order_coefficient(k_max: int = 6, step: Step = gd_step) -> dict
         for sym, expr in ((a, next_a), (b, next_b), (c, next_c))
     ) and all(_is_zero(closed[sym].subs(k, 0)) for sym in (a, b, c))
 
-    proven = all(all(v.values()) for v in per_k.values()) and induction
-    return {
-        "theorem": "T2(a)",
-        "k_max": k_max,
-        "per_k": per_k,
-        "eta3_coefficient": eta3,
-        "all_k_induction": induction,
-        "proven": proven,
-    }
+    return _record("T2(a)", per_k, [induction], k_max=k_max, per_k=per_k, eta3_coefficient=eta3,
+                   all_k_induction=induction)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def _minibatch_epoch(
     Batch b has gradient g_b + H_b d (+ T_b[d, d]/2 when ``tensors`` is given) at theta_0 + d.
     """
     delta = sp.Integer(0)
-    for b, (g_b, h_b) in enumerate(zip(grads, hessians)):
+    for b, (g_b, h_b) in enumerate(zip(grads, hessians, strict=True)):
         grad = g_b + h_b * delta
         if tensors is not None:
             grad += tensors[b] * delta * delta / 2
@@ -258,16 +259,8 @@ def prove_minibatch_second_order(B_max: int = 4, step: Step = gd_step) -> dict:
     backward = _coefficients(_minibatch_epoch([g[1], g[0]], [H[1], H[0]], 2, step), 2)[2]
     order_dependent = not _is_zero(forward - backward)
 
-    proven = all(all(v.values()) for v in per_B.values()) and order_dependent
-    return {
-        "theorem": "T3",
-        "B_max": B_max,
-        "per_B": per_B,
-        "eta2_order_01": forward,
-        "eta2_order_10": backward,
-        "order_dependent": order_dependent,
-        "proven": proven,
-    }
+    return _record("T3", per_B, [order_dependent], B_max=B_max, per_B=per_B, eta2_order_01=forward,
+                   eta2_order_10=backward, order_dependent=order_dependent)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -333,26 +326,5 @@ def prove_momentum_first_order(k_max: int = 6, dampening: sp.Expr = 0) -> dict:
         and _is_zero(tau_closed.subs(k, k + 1) - (tau_closed - ETA * buf_closed.subs(k, k + 1)))
     )
     c1_is_one = _is_zero(momentum_scale(1, mu) - 1)
-    proven = all(all(v.values()) for v in per_k.values()) and induction and c1_is_one
-    return {
-        "theorem": "T3 (momentum)",
-        "k_max": k_max,
-        "per_k": per_k,
-        "c1_is_one": c1_is_one,
-        "all_k_induction": induction,
-        "proven": proven,
-    }
-
-
-def prove_all() -> dict:
-    """Run every symbolic proof (T2(a), T2(b), T3 mini-batch, T3 momentum) with the default sizes.
-
-    Returns {"T2(b)": ..., "T2(a)": ..., "T3": ..., "T3 momentum": ..., "proven": all of them}.
-    """
-    records = {
-        "T2(b)": prove_quadratic_series(),
-        "T2(a)": prove_second_order_coefficient(),
-        "T3": prove_minibatch_second_order(),
-        "T3 momentum": prove_momentum_first_order(),
-    }
-    return {**records, "proven": all(r["proven"] for r in records.values())}
+    return _record("T3 (momentum)", per_k, [induction, c1_is_one], k_max=k_max, per_k=per_k, c1_is_one=c1_is_one,
+                   all_k_induction=induction)

@@ -28,6 +28,11 @@ def merge(theta0: torch.Tensor, task_vectors: Sequence[torch.Tensor], alpha: flo
     return theta0 + alpha * torch.stack(list(task_vectors)).sum(0)
 
 
+def norm(v: torch.Tensor) -> float:
+    """||v||_2, computed in float64."""
+    return float(torch.linalg.vector_norm(v.detach().double()))
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """cos(a, b) = <a, b> / (||a|| ||b||), in float64; NaN when either vector is zero."""
     a64, b64 = a.detach().double().reshape(-1), b.detach().double().reshape(-1)

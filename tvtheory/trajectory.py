@@ -42,14 +42,17 @@ class Trajectory:
 
     @property
     def num_steps(self) -> int:
+        """S, the number of steps taken."""
         return len(self.thetas) - 1
 
     @property
     def epochs(self) -> int:
+        """K = S // B, the number of complete epochs."""
         return self.num_steps // self.steps_per_epoch
 
     @property
     def theta0(self) -> torch.Tensor:
+        """theta_0, the starting (pretrained) point."""
         return self.thetas[0]
 
     def at_epoch(self, k: int) -> torch.Tensor:
@@ -80,8 +83,13 @@ def check_loss(value: float, first_loss: float, where: str, lr: float) -> float:
 
 
 def _check_step(loss: torch.Tensor, first_loss: float, step: int, steps_per_epoch: int, lr: float) -> float:
+    """``check_loss`` for the loss checked at step s, named by epoch and step. At s = 0 (the first loss, and the
+    final loss of a one-step run) the loss must only be finite: one step is T1's setting, which holds for any
+    learning rate, so it is not called divergent; a longer run is compared with its first loss from s = 1 on.
+    """
     epoch, within = divmod(step, steps_per_epoch)
-    return check_loss(float(loss), first_loss, f"epoch {epoch + 1} (step {within + 1} of {steps_per_epoch})", lr)
+    reference = first_loss if step > 0 else math.inf      # inf: nothing to compare with
+    return check_loss(float(loss), reference, f"epoch {epoch + 1} (step {within + 1} of {steps_per_epoch})", lr)
 
 
 def gradient_descent(
@@ -136,7 +144,8 @@ def run_optimizer(
     traj = Trajectory([flat_params(model)], len(index))
     for s, b in enumerate(tqdm(epoch_schedule(len(index), epochs), desc="optimizer", disable=not progress,
                                leave=False)):
-        x, t = (objective.x, objective.target) if index[b] is None else (objective.x[index[b]], objective.target[index[b]])
+        rows = index[b]
+        x, t = (objective.x, objective.target) if rows is None else (objective.x[rows], objective.target[rows])
         optimizer.zero_grad(set_to_none=True)
         loss = objective.loss.fn(model(x), t)
         traj.losses.append(_check_step(loss.detach(), traj.losses[0] if traj.losses else float(loss.detach()), s,
