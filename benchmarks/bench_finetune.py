@@ -36,11 +36,17 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tvtheory.experiments.finetune import FinetuneConfig, finetune, make_batches, make_optimizer  # noqa: E402
+from tvtheory.experiments.finetune import (  # noqa: E402
+    FINETUNE_OPTIMIZERS,
+    FinetuneConfig,
+    finetune,
+    make_batches,
+    make_optimizer,
+)
 from tvtheory.experiments.probe import FrozenHeadClassifier  # noqa: E402
 from tvtheory.io import versions, write_json_atomic  # noqa: E402
-from tvtheory.vision.datasets import normalize  # noqa: E402
 from tvtheory.models.vit import load_pretrained  # noqa: E402
+from tvtheory.vision.datasets import normalize  # noqa: E402
 
 LR = {"gd": 1e-3, "sgd": 1e-3, "adamw": 1e-4}
 
@@ -96,7 +102,7 @@ def bench(opt: str, images: int, epochs: int, batch_size: int, repeats: int) -> 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--optimizers", default="gd,sgd,adamw")
+    p.add_argument("--optimizers", default=",".join(FINETUNE_OPTIMIZERS))
     p.add_argument("--images", type=int, default=1024)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)

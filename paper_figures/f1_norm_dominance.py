@@ -56,7 +56,7 @@ def draw(result: dict):
     rows = data["rows"]
     opts = [o for o in vision_runs.OPTIMIZERS if any(r["optimizer"] == o for r in rows)]
     fig, axes = style.figure(len(opts), height=4.6, sharey=True)
-    for ax, opt in zip(axes[0], opts):
+    for ax, opt in zip(axes[0], opts, strict=True):
         mine = [r for r in rows if r["optimizer"] == opt]
         for i, r in enumerate(mine):
             colour, marker = vision_runs.task_style(r["task"], i)

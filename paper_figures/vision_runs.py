@@ -5,19 +5,23 @@
 files into their own result file in the same folder, every time ``make figures`` runs (it takes a second),
 so a figure never lags behind the runs it is drawn from.
 
-When the folder holds no finished runs, the quick configuration of the pipeline is run first (a few
-minutes, with progress bars) into ``<folder>/../vision-quick`` and the figures are drawn from that; this
-is printed, and recorded as the result's configuration.
+When the folder holds no finished runs, the quick configuration of the pipeline (``QUICK``, the settings of
+``make vision-quick``) is run first through the library (a few minutes, with progress bars) into
+``<folder>/../vision-quick`` and the figures are drawn from that; this is printed, and recorded as the
+result's configuration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+from tvtheory.experiments.config import VisionConfig
+from tvtheory.experiments.finetune import FINETUNE_OPTIMIZERS as OPTIMIZERS
+
 from . import style
 
-OPTIMIZERS = ("gd", "sgd", "adamw")
 OPTIMIZER_LABELS = {"gd": "full-batch GD", "sgd": "mini-batch SGD", "adamw": "AdamW"}
 
 # The seven tasks in the order of the paper's benchmarks they stand in for; one colour and marker each,
@@ -25,8 +29,9 @@ OPTIMIZER_LABELS = {"gd": "full-batch GD", "sgd": "mini-batch SGD", "adamw": "Ad
 TASK_ORDER = ("cars", "dtd10", "gtsrb", "mnist", "cifar10", "fashion_mnist", "animal_mnist")
 _COLOURS = (style.BLUE, style.VERMILLION, style.GREEN, style.ORANGE, style.PURPLE, style.SKY, style.BLACK)
 
-#: the arguments of the quick pipeline run made when no results exist (tests substitute a smaller one)
-QUICK_ARGS = ["--quick"]
+#: the quick pipeline run made when no results exist (tests substitute a smaller one); its folders are set by
+#: ``run_pipeline``
+QUICK = VisionConfig.quick_preset()
 
 
 def task_style(task: str, index: int | None = None) -> tuple[str, str]:
@@ -36,6 +41,7 @@ def task_style(task: str, index: int | None = None) -> tuple[str, str]:
 
 
 def ordered_tasks(tasks) -> list[str]:
+    """The known tasks in TASK_ORDER, then any others sorted by name."""
     known = [t for t in TASK_ORDER if t in tasks]
     return known + sorted(t for t in tasks if t not in TASK_ORDER)
 
@@ -44,19 +50,22 @@ def _run_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*/*.json") if p.stem in OPTIMIZERS)
 
 
-def run_pipeline(folder: Path, args: list[str]) -> None:
-    """``python -m tvtheory.experiments.vision finetune`` then ``merge`` with ``args``, results in ``folder``
-    (results/<name>) and artifacts in runs/<name> beside results/.
+def run_pipeline(folder: Path, config: VisionConfig) -> VisionConfig:
+    """The vision pipeline's finetune then merge with ``config``, results in ``folder`` (results/<name>) and
+    artifacts in runs/<name> beside results/; returns the config it ran.
     """
-    from tvtheory.experiments import vision
+    from tvtheory.experiments.dist import init_from_env
+    from tvtheory.experiments.encoders import load_encoder
+    from tvtheory.experiments.merging import merge
+    from tvtheory.experiments.runs import finetune_tasks
 
     artifacts = folder.parent.parent / "runs" / folder.name        # results/vision-quick -> runs/vision-quick
-    common = list(args) + ["--results", str(folder), "--artifacts", str(artifacts)]
-    for command in ("finetune", "merge"):
-        code = vision.main([command] + common)
-        if code != 0:
-            raise RuntimeError(f"python -m tvtheory.experiments.vision {command} {' '.join(common)} failed "
-                               f"(exit {code})")
+    config = dataclasses.replace(config, results=str(folder), artifacts=str(artifacts))
+    encoder, ctx = load_encoder(config), init_from_env()
+    finetune_tasks(config, encoder, ctx)
+    if not merge(config, encoder, ctx):
+        raise RuntimeError(f"the vision pipeline merged nothing in {folder}: it needs finished runs of >= 2 tasks")
+    return config
 
 
 def load(folder: str | Path) -> dict:
@@ -70,9 +79,9 @@ def load(folder: str | Path) -> dict:
         source_folder = folder.parent / "vision-quick"
         if not _run_files(source_folder):
             print(f"{folder} has no vision results: computing them with the quick configuration "
-                  f"(python -m tvtheory.experiments.vision finetune/merge {' '.join(QUICK_ARGS)} "
-                  f"--results {source_folder}); this takes a few minutes", flush=True)
-            run_pipeline(source_folder, QUICK_ARGS)
+                  f"(python -m tvtheory.experiments.vision finetune/merge --quick --results {source_folder}); "
+                  "this takes a few minutes", flush=True)
+            run_pipeline(source_folder, QUICK)
         else:
             print(f"{folder} has no vision results: using the quick ones in {source_folder}", flush=True)
     runs = {}
@@ -93,8 +102,10 @@ def load(folder: str | Path) -> dict:
 
 
 def tasks_of(runs: dict, optimizer: str | None = None) -> list[str]:
+    """The tasks with a run (of ``optimizer``, if given), ordered."""
     return ordered_tasks({t for t, o in runs if optimizer is None or o == optimizer})
 
 
 def optimizers_of(runs: dict) -> list[str]:
+    """The optimizers with a run, in OPTIMIZERS order."""
     return [o for o in OPTIMIZERS if any(opt == o for _, opt in runs)]

@@ -40,9 +40,10 @@ if str(REPO) not in sys.path:  # run as a plain script from a clean clone
 
 from tqdm import tqdm  # noqa: E402
 
-from tvtheory.io import atomic_path, versions, write_text_atomic  # noqa: E402
-from tvtheory.vision.datasets import PRETRAIN_TASK, dataset_info, load_task, normalize  # noqa: E402
+from tvtheory.experiments.storage import save_checkpoint  # noqa: E402
+from tvtheory.io import versions, write_text_atomic  # noqa: E402
 from tvtheory.models.vit import ViT, ViTConfig, count_parameters, save_encoder  # noqa: E402
+from tvtheory.vision.datasets import DATA_ROOT_DEFAULT, PRETRAIN_TASK, dataset_info, load_task, normalize  # noqa: E402
 
 MODEL_NAME = "vit_cifar5"
 # Hyper-parameters that must match for --resume to continue a run.
@@ -51,7 +52,8 @@ RESUME_KEYS = ("seed", "epochs", "batch_size", "lr", "weight_decay", "warmup_epo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
@@ -60,13 +62,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=float, default=3.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--data-root", default=None, help="folder with manifest.json (default: TVTHEORY_DATA or ../shared/data)")
+    p.add_argument("--data-root", default=None, help=f"folder with manifest.json (default: {DATA_ROOT_DEFAULT})")
     p.add_argument("--out-dir", default=str(REPO / "small_models"))
     p.add_argument("--run-dir", default=str(REPO / "runs" / "pretrain"), help="checkpoints go to <run-dir>/seed<seed>/")
     p.add_argument("--resume", action="store_true", help="continue from the last finished epoch's checkpoint")
     p.add_argument("--eval-every", type=int, default=5, help="log test accuracy every k epochs (monitoring only)")
-    p.add_argument("--max-train", type=int, default=0, help="use a seeded random subset of n train images (0 = all; smoke tests)")
-    p.add_argument("--max-test", type=int, default=0, help="use a seeded random subset of n test images (0 = all; smoke tests)")
+    p.add_argument("--max-train", type=int, default=0,
+                   help="use a seeded random subset of n train images (0 = all; smoke tests)")
+    p.add_argument("--max-test", type=int, default=0,
+                   help="use a seeded random subset of n test images (0 = all; smoke tests)")
     cfg = ViTConfig()
     for name in ("patch_size", "dim", "depth", "heads", "mlp_dim"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(cfg, name))
@@ -119,11 +123,6 @@ def evaluate(model: ViT, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500
         correct += (model(normalize(x[i : i + batch_size])).argmax(1) == y[i : i + batch_size]).sum().item()
     model.train()
     return correct / max(1, len(x))
-
-
-def atomic_torch_save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,9 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
         record["elapsed_s"] = train_seconds
         history.append(record)
         print(json.dumps(record), flush=True)
-        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                           "epoch": epoch + 1, "history": history, "train_seconds": train_seconds,
-                           "hparams": hparams, "config": config.to_dict()}, ckpt_path)
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history,
+                                    "train_seconds": train_seconds, "hparams": hparams, "config": config.to_dict()})
 
     # Final evaluation and outputs
     t0 = time.perf_counter()

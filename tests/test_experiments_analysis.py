@@ -19,7 +19,8 @@ from tvtheory.experiments.analysis import (
     norm_stats,
 )
 from tvtheory.experiments.dist import DistContext
-from tvtheory.experiments.finetune import FinetuneConfig, finetune, load_vector, make_batches, tau_path
+from tvtheory.experiments.finetune import FinetuneConfig, finetune, make_batches
+from tvtheory.experiments.storage import load_vector, tau_path
 from tvtheory.losses import get_loss
 from tvtheory.objective import Objective
 from tvtheory.params import ParamLayout, flat_params
@@ -46,7 +47,7 @@ def test_chunked_gradient_hvp_and_second_order_equal_library():
     assert all(len(c.chunks) == 3 for c in chunked)
     whole = [Objective(model, get_loss("ce"), x[b], y[b]) for b in batches]
     grads = [c.grad(theta0) for c in chunked]
-    for c, w, g in zip(chunked, whole, grads):
+    for c, w, g in zip(chunked, whole, grads, strict=True):
         assert _rel(g, gradient(w, theta0)) < 1e-10
         assert _rel(c.hvp(theta0, g), hvp(w, theta0, g)) < 1e-10
     full = ChunkedBatchLoss(model, x, y, torch.arange(24), ctx, 5)

@@ -30,7 +30,8 @@ import torch.multiprocessing as mp
 from cases import tiny_data, tiny_model
 
 from tvtheory.experiments.dist import DistContext
-from tvtheory.experiments.finetune import FinetuneConfig, batch_gradient, finetune, load_vector, tau_path
+from tvtheory.experiments.finetune import FinetuneConfig, batch_gradient, finetune
+from tvtheory.experiments.storage import load_vector, tau_path
 from tvtheory.fp import exact_residual, step_residual_bound
 from tvtheory.params import ParamLayout, flat_params
 

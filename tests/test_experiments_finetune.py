@@ -8,15 +8,8 @@ import pytest
 import torch
 from cases import tiny_data, tiny_model
 
-from tvtheory.experiments.finetune import (
-    FinetuneConfig,
-    finetune,
-    grad_path,
-    load_vector,
-    make_batches,
-    make_optimizer,
-    tau_path,
-)
+from tvtheory.experiments.finetune import FinetuneConfig, finetune, make_batches, make_optimizer
+from tvtheory.experiments.storage import grad_path, load_vector, tau_path
 from tvtheory.losses import get_loss
 from tvtheory.objective import Objective
 from tvtheory.params import ParamLayout, flat_params

@@ -4,6 +4,7 @@ numbers.md equal to the result files it is rendered from."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import re
@@ -27,6 +28,7 @@ from paper_figures import (  # noqa: E402
     vision_runs,
 )
 from paper_figures.results import format_cell, load, load_or_compute, resolve, result_path  # noqa: E402
+from tvtheory.experiments.config import VisionConfig  # noqa: E402
 
 TINY = {
     f4_second_order: {**f4_second_order.CONFIGS["quick"], "samples": 96, "widths": [64, 4, 10], "epochs": 3,
@@ -39,7 +41,7 @@ TINY = {
 THEORY = ["f4_second_order", "f5_curvature_bound", "f6_floating_point"]
 VISION = ["f1_norm_dominance", "f2_direction_dominance", "f3_merging"]
 # the vision pipeline on a random tiny ViT and random images: seconds, no data needed
-SYNTHETIC = ["--synthetic", "--quick", "--epochs", "3", "--tasks", "mnist,cars", "--no-progress"]
+SYNTHETIC = VisionConfig.quick_preset(synthetic=True, tasks=("mnist", "cars"), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_missing_results_are_computed_with_a_message(made, name):
     assert f"computing {name} with the quick configuration" in made["stdout"]
     result = load(made["results"] / "theory" / f"{name}.json")
     assert result["configuration"] == "quick" and result["data"]
-    assert {"config", "seed", "versions", "created_utc"} <= set(result)
+    assert {"config", "seed", "versions"} <= set(result)
     assert {"tvtheory", "torch", "numpy"} <= set(result["versions"])
 
 
@@ -77,7 +79,7 @@ def test_vision_figures_are_collected_from_the_runs(made, name):
     assert f"collecting {name} from the vision runs" in made["stdout"]
     result = load(made["results"] / "vision" / f"{name}.json")
     assert result["configuration"] == "synthetic" and result["data"]["source"]["epochs"] == 3
-    assert {"config", "seed", "versions", "created_utc"} <= set(result)
+    assert {"config", "seed", "versions"} <= set(result)
 
 
 @pytest.mark.parametrize("name", VISION + THEORY)
@@ -88,13 +90,14 @@ def test_each_figure_is_written_as_png_and_pdf(made, name):
     assert not list(made["out"].glob("*.tmp")) and not list(made["out"].glob(".*"))   # atomic: no leftovers
 
 
-def _parse_numbers(text: str) -> list[tuple[Path, str, list[str], list[list[str]]]]:
-    """(result file, rows path, column keys, cells) for every table of numbers.md."""
+def _parse_numbers(text: str, results: Path) -> list[tuple[Path, str, list[str], list[list[str]]]]:
+    """(result file, rows path, column keys, cells) for every table of numbers.md; a file named relative to the
+    results folder is resolved against ``results``."""
     tables, current_file = [], None
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if line.startswith("file: `"):
-            current_file = Path(re.match(r"file: `([^`]+)`", line).group(1))
+            current_file = results / re.match(r"file: `([^`]+)`", line).group(1)   # an absolute one stays
         if line.startswith("rows: `"):
             path = re.match(r"rows: `([^`]+)`", line).group(1)
             header = lines[i + 2]
@@ -108,15 +111,15 @@ def _parse_numbers(text: str) -> list[tuple[Path, str, list[str], list[list[str]
 
 
 def test_numbers_md_equals_the_result_files(made):
-    tables = _parse_numbers((made["out"] / "numbers.md").read_text())
+    tables = _parse_numbers((made["out"] / "numbers.md").read_text(), made["results"])
     assert {f.stem for f, *_ in tables} == set(THEORY + VISION)
     compared = 0
     for file, path, keys, rows in tables:
         expected = resolve(json.loads(file.read_text()), path)
         assert len(rows) == len(expected) > 0, (file, path)
-        for cells, row in zip(rows, expected):
+        for cells, row in zip(rows, expected, strict=True):
             assert len(cells) == len(keys)
-            for key, cell in zip(keys, cells):
+            for key, cell in zip(keys, cells, strict=True):
                 value = row[key]
                 assert cell == format_cell(value), (file.stem, path, key)
                 if isinstance(value, float):                      # parse the number back
@@ -194,7 +197,7 @@ def test_vision_figure_numbers_are_the_recorded_ones(made):
             # T1: tau^(1) = -eta g up to rounding, and |cos(a, c) - cos(b, c)| <= 2 ||a - b|| / ||a||
             from safetensors.torch import load_file
 
-            from tvtheory.experiments.finetune import grad_path, tau_path
+            from tvtheory.experiments.storage import grad_path, tau_path
 
             run = _run(results, row["task"], "gd")
             folder = results.parent / "runs" / "vision" / row["task"] / "gd"
@@ -216,13 +219,12 @@ def test_vision_figure_numbers_are_the_recorded_ones(made):
 
 
 def test_missing_vision_runs_are_made_with_the_quick_configuration(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(vision_runs, "QUICK_ARGS", SYNTHETIC[:4] + ["--tasks", "mnist,cars", "--optimizers", "gd",
-                                                                   "--no-progress"])
+    monkeypatch.setattr(vision_runs, "QUICK", dataclasses.replace(SYNTHETIC, optimizers=("gd",)))
     result = load_or_compute(f1_norm_dominance, "default", tmp_path / "results", progress=False)
     out = capsys.readouterr().out
     assert "has no vision results: computing them with the quick configuration" in out
     assert result["configuration"] == "synthetic"
-    assert result["data"]["source"]["folder"] == str(tmp_path / "results" / "vision-quick")
+    assert tmp_path / "results" / result["data"]["source"]["folder"] == tmp_path / "results" / "vision-quick"
     assert (tmp_path / "runs" / "vision-quick" / "mnist" / "gd").is_dir()
     assert (tmp_path / "results" / "vision" / "f1_norm_dominance.json").exists()
     # a second figure reuses those runs instead of running the pipeline again

@@ -66,7 +66,8 @@ GRAY_COUNTS = {"train": [2, 3], "test": [1, 1]}
 def _build(root: Path) -> Path:
     """Create manifest.json + rgbset.zip + grayset.zip under root; returns root."""
     root.mkdir(parents=True, exist_ok=True)
-    specs = [("rgbset", RGB_CLASSES, RGB_COUNTS, _rgb_image, 3, 64), ("grayset", GRAY_CLASSES, GRAY_COUNTS, _gray_image, 1, 28)]
+    specs = [("rgbset", RGB_CLASSES, RGB_COUNTS, _rgb_image, 3, 64),
+             ("grayset", GRAY_CLASSES, GRAY_COUNTS, _gray_image, 1, 28)]
     entries_all = []
     for name, classes, counts, make, channels, size in specs:
         entries = {}
@@ -202,13 +203,29 @@ def test_root_from_env_and_default(data, monkeypatch):
     monkeypatch.setenv("TVTHEORY_DATA", str(data))
     assert set(load_manifest()) == {"rgbset", "grayset"}
     monkeypatch.delenv("TVTHEORY_DATA")
-    expected = ds.repo_root().parent / "shared" / "data"
-    assert ds.repo_root() == Path(ds.__file__).resolve().parents[2]
+    checkout = Path(ds.__file__).resolve().parents[2]
+    assert ds.checkout_root() == checkout                       # the tests run from the checkout
+    expected = checkout.parent / "shared" / "data"
+    assert ds.default_data_root()[0] == expected
     if expected.is_dir():
         assert ds.data_root() == expected
     else:
         with pytest.raises(DatasetError, match=str(expected)):
             ds.data_root()
+
+
+def test_default_root_of_an_installed_copy_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """Without a checkout (site-packages has no pyproject.toml above tvtheory/) the default is ../shared/data
+    relative to the working directory, not a path into the installed package."""
+    monkeypatch.setattr(ds, "checkout_root", lambda: None)
+    monkeypatch.delenv("TVTHEORY_DATA", raising=False)
+    work = tmp_path / "work"
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    work.mkdir()
+    monkeypatch.chdir(work)
+    path, origin = ds.default_data_root()
+    assert path == work.parent / "shared" / "data" and "working directory" in origin
+    assert ds.data_root().resolve() == (tmp_path / "shared" / "data").resolve()
 
 
 def test_missing_zip(data, cache):
@@ -261,7 +278,7 @@ def test_normalize():
     assert normalize(x, torch.float64).dtype == torch.float64
     # the documented constants: CIFAR-10 train mean / std
     mid = normalize(torch.full((1, 3, 1, 1), 128, dtype=torch.uint8), torch.float64).flatten()
-    expected = [(128 / 255 - m) / s for m, s in zip((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))]
+    expected = [(128 / 255 - m) / s for m, s in zip((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), strict=True)]
     assert torch.allclose(mid, torch.tensor(expected, dtype=torch.float64))
     with pytest.raises(TypeError):
         normalize(x.float())
@@ -307,7 +324,25 @@ def test_load_folder_task(tmp_path):
         ds.load_folder_task(tmp_path)
 
 
-REAL_ROOT = ds.repo_root().parent / "shared" / "data"
+def test_folder_task_with_an_empty_training_class_is_refused(tmp_path):
+    """A class folder without training images would be a class the probe cannot learn: refused, named."""
+    for split in ("train", "test"):
+        for cname in ("a", "b"):
+            (tmp_path / split / cname).mkdir(parents=True)
+            if (split, cname) != ("train", "b"):
+                Image.fromarray(_rgb_image(0, 0, size=8)).save(tmp_path / split / cname / "0.png")
+    (tmp_path / "train" / "b" / "notes.txt").write_text("not an image")
+    for check in (ds.check_folder_task, ds.load_folder_task):
+        with pytest.raises(DatasetError, match="has no images") as e:
+            check(tmp_path)
+        assert str(tmp_path / "train" / "b") in str(e.value)
+    Image.fromarray(_rgb_image(1, 0, size=8)).save(tmp_path / "train" / "b" / "0.png")
+    assert ds.check_folder_task(tmp_path) == ["a", "b"]
+    with pytest.raises(DatasetError, match="no folders"):
+        ds.check_folder_task(tmp_path / "train")
+
+
+REAL_ROOT = ds.default_data_root()[0]
 
 
 @pytest.mark.skipif(

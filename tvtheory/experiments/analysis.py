@@ -53,14 +53,21 @@ class ChunkedBatchLoss:
         return self.ctx.all_reduce_sum_(total)
 
     def grad(self, theta: torch.Tensor) -> torch.Tensor:
+        """grad L_b(theta) = sum_c (n_c / n_b) grad L_c(theta), summed over ranks."""
         return self._sum(lambda f: gradient(f, theta), theta)
 
     def hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """H_b(theta) v = sum_c (n_c / n_b) H_c(theta) v, summed over ranks."""
         return self._sum(lambda f: hvp(f, theta, v), theta)
 
 
 def _norm(v: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(v.detach().double()))
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b, NaN when b = 0 (a zero first-order term: no relative error to speak of)."""
+    return a / b if b > 0 else math.nan
 
 
 def direction_stats(taus: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], layout: ParamLayout) -> dict:
@@ -114,7 +121,8 @@ def expansion_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches:
     schedule = epoch_schedule(len(batches), K)
     first = first_order_terms(lr, grads, schedule, len(batches))
     rows = [{"k": k + 1, "tau_norm": _norm(taus[k]), "first_order_norm": _norm(first[k]),
-             "error_norm": _norm(taus[k] - first[k]), "relative_error": _norm(taus[k] - first[k]) / _norm(first[k]),
+             "error_norm": _norm(taus[k] - first[k]), "relative_error": _ratio(_norm(taus[k] - first[k]),
+                                                                               _norm(first[k])),
              "cos_tau_first_order": cosine(taus[k], first[k])} for k in range(K)]
     applies = optimizer in ("gd", "sgd")
     if applies and second_order:

@@ -25,10 +25,12 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
+        """More than one process?"""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Rank 0, the process that writes the files and prints."""
         return self.rank == 0
 
     def all_reduce_sum_(self, t: torch.Tensor) -> torch.Tensor:
@@ -38,13 +40,9 @@ class DistContext:
         return t
 
     def barrier(self) -> None:
+        """Wait for every rank (no-op for one process)."""
         if self.distributed:
             dist.barrier()
-
-    def broadcast_(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
-        if self.distributed:
-            dist.broadcast(t, src)
-        return t
 
 
 def default_device() -> torch.device:

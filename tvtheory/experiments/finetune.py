@@ -5,6 +5,8 @@ Three optimizers, all ``torch.optim`` (what practitioners run), on the encoder o
 - ``sgd``:   torch.optim.SGD, B = ceil(N / batch_size) equal batches of a seeded partition, visited in the
              same order every epoch (T3, and the schedule of ``tvtheory.trajectory.epoch_schedule``);
 - ``adamw``: torch.optim.AdamW on the same batches.
+``FINETUNE_OPTIMIZERS`` is this list, the one the vision pipeline and its figures use (the theory engine's
+``tvtheory.optimizers.OPTIMIZERS`` is another: gd, sgd, momentum, adam on flat parameter vectors).
 Gradients are exact batch gradients: accumulated over memory-sized chunks and, under torch.distributed,
 summed over ranks with one all-reduce (``tvtheory.experiments.dist``).
 
@@ -19,15 +21,20 @@ Per epoch k = 1..K it records: the full-batch gradient norm ||grad L(theta_{k-1}
 the mean (and max) mini-batch gradient norm over the epoch, the mean batch loss, ||tau^(k)||, ||update_k||.
 Files in ``run_dir``: ``tau_epoch{k:03d}.safetensors`` (tau^(k), named encoder tensors),
 ``grad_epoch{k:03d}.safetensors`` (the full-batch gradient at the start of epoch k, grad L(theta_{k-1}); k = 1
-is theta_0), ``checkpoint.pt`` (theta_k, optimizer state, records; written atomically after every epoch).
+is theta_0), ``checkpoint.pt`` (theta_k, optimizer state, records; written atomically after every epoch),
+all through ``tvtheory.experiments.storage``.
+
+Progress: with ``progress`` on, a terminal gets tqdm bars named ``desc`` (e.g. ``mnist/gd``); any other
+stderr (a log file, a pipe) gets one plain line per epoch instead.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -35,18 +42,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..fp import check_t1
-from ..io import atomic_path
 from ..losses import cross_entropy_terms
 from ..params import ParamLayout, flat_grads, flat_params, load_flat_
 from ..task_vectors import task_vector
 from ..trajectory import DivergenceError, check_loss
 from .dist import DistContext, shard
+from .errors import VisionError
+from .storage import grad_path, save_checkpoint, save_vector, tau_path
 
-OPTIMIZERS = ("gd", "sgd", "adamw")
+#: The optimizers of the vision pipeline (module docstring), in the order the figures show them.
+FINETUNE_OPTIMIZERS = ("gd", "sgd", "adamw")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    """One finetuning run's optimizer settings; the checkpoint stores ``to_dict()`` and resumes only the same."""
+
     optimizer: str
     lr: float
     epochs: int
@@ -58,14 +69,15 @@ class FinetuneConfig:
     chunk_size: int = 256                   # examples per forward/backward pass (memory only)
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.optimizer not in FINETUNE_OPTIMIZERS:
+            raise VisionError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(FINETUNE_OPTIMIZERS)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"the learning rate must be positive and finite, got {self.lr}")
+            raise VisionError(f"the learning rate must be positive and finite, got {self.lr}")
         if self.epochs < 1 or self.batch_size < 1 or self.chunk_size < 1:
-            raise ValueError("epochs, batch_size and chunk_size must be >= 1")
+            raise VisionError("epochs, batch_size and chunk_size must be >= 1")
 
     def to_dict(self) -> dict:
+        """The fields as JSON types (betas as a list)."""
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
@@ -82,6 +94,7 @@ def make_batches(n: int, cfg: FinetuneConfig) -> list[torch.Tensor]:
 
 
 def make_optimizer(cfg: FinetuneConfig, params) -> torch.optim.Optimizer:
+    """torch.optim.SGD (no momentum, no weight decay) for gd and sgd, torch.optim.AdamW for adamw."""
     if cfg.optimizer in ("gd", "sgd"):
         return torch.optim.SGD(params, lr=cfg.lr, foreach=False)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
@@ -112,44 +125,15 @@ def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: to
     g = flat_grads(model)
     ctx.all_reduce_sum_(g)
     stats = ctx.all_reduce_sum_(loss_sum.to(g.device).reshape(1)).cpu()
-    with torch.no_grad():
-        for p, gp in zip(params, ParamLayout.of(model).unflatten(g).values()):
-            p.grad.copy_(gp)
+    for p, gp in zip(params, ParamLayout.of(model).unflatten(g).values(), strict=True):
+        p.grad = gp.detach().clone()            # the summed gradient, for optimizer.step
     return g, float(stats[0])
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def save_vector(path: Path, v: torch.Tensor, layout: ParamLayout) -> None:
-    """Write a flat vector as named tensors (safetensors), atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {k: t.detach().cpu().contiguous().clone() for k, t in layout.unflatten(v).items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
-
-
-def load_vector(path: Path, layout: ParamLayout) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    return layout.flatten(load_file(str(path)))
-
-
-def tau_path(run_dir: Path, k: int) -> Path:
-    """tau^(k) = theta_k - theta_0, after epoch k."""
-    return Path(run_dir) / f"tau_epoch{k:03d}.safetensors"
-
-
-def grad_path(run_dir: Path, k: int) -> Path:
-    """grad L(theta_{k-1}), the full-batch gradient at the start of epoch k (k = 1: at theta_0)."""
-    return Path(run_dir) / f"grad_epoch{k:03d}.safetensors"
 
 
 @dataclass
 class FinetuneResult:
+    """What ``finetune`` returns: the records of every finished epoch (resumed ones included)."""
+
     config: dict
     records: list[dict]
     num_batches: int
@@ -157,17 +141,17 @@ class FinetuneResult:
     resumed_from_epoch: int
     t1_check: dict | None = None
     wall_time_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneConfig, run_dir: str | Path,
              ctx: DistContext | None = None, prepare: Callable | None = None, progress: bool = True,
-             stop_after: int | None = None) -> FinetuneResult:
+             stop_after: int | None = None, desc: str | None = None) -> FinetuneResult:
     """Finetune ``model`` (a module whose parameters are the encoder) on (x, y) for cfg.epochs epochs.
 
     Every rank holds all of (x, y) and computes on its shard of each batch. Resumes from
     ``run_dir/checkpoint.pt`` when its config matches (finished epochs are not redone); refuses a checkpoint
     of another config. ``stop_after`` stops after that many epochs in this call (to test resumption).
+    ``desc`` names the run in the progress output (default: the optimizer), see the module docstring.
     """
     ctx = ctx or DistContext()
     run_dir = Path(run_dir)
@@ -183,18 +167,22 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneCo
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=False)
         if ckpt["config"] != cfg.to_dict():
-            raise ValueError(f"{ckpt_path} was written by another config ({ckpt['config']}); "
-                             f"use another results directory or delete it to restart")
+            raise VisionError(f"{ckpt_path} was written by another config ({ckpt['config']}); "
+                              f"use another --artifacts folder or delete it to restart")
         if not torch.equal(ckpt["theta0"].to(theta0.device), theta0):
-            raise ValueError(f"{ckpt_path} starts from another pretrained point; delete it to restart")
+            raise VisionError(f"{ckpt_path} starts from another pretrained point; use another --artifacts folder "
+                              "or delete it to restart")
         start, records, t1 = ckpt["epoch"], ckpt["records"], ckpt.get("t1_check")
         load_flat_(model, ckpt["theta"].to(theta0.device))
         optimizer.load_state_dict(ckpt["optimizer"])
     t_start = time.perf_counter()
     first_loss = records[0]["full_loss_start"] if records else None
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
-    bar = tqdm(range(start, end), desc=f"{cfg.optimizer} epochs", disable=not (progress and ctx.is_main),
-               initial=start, total=cfg.epochs, leave=False)
+    name = desc or cfg.optimizer
+    report = progress and ctx.is_main
+    bars = report and sys.stderr.isatty()           # elsewhere (a log, a pipe): one plain line per epoch
+    bar = tqdm(range(start, end), desc=f"{name} epochs", disable=not bars, initial=start, total=cfg.epochs,
+               leave=False)
     for k in bar:
         t_epoch = time.perf_counter()
         theta_prev = flat_params(model)
@@ -206,8 +194,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneCo
         if ctx.is_main:
             save_vector(grad_path(run_dir, k + 1), g_full, layout)
         norms, losses = [], []
-        for b in tqdm(batches, desc=f"epoch {k + 1}", disable=not (progress and ctx.is_main) or len(batches) == 1,
-                      leave=False):
+        for b in tqdm(batches, desc=f"{name} epoch {k + 1}", disable=not bars or len(batches) == 1, leave=False):
             if len(batches) == 1:
                 g = g_full                  # the full-batch gradient is already in .grad
                 loss = loss_full
@@ -239,8 +226,13 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneCo
         })
         if ctx.is_main:
             save_vector(tau_path(run_dir, k + 1), tau, layout)
-            _atomic_torch_save({"config": cfg.to_dict(), "epoch": k + 1, "theta": theta.cpu(), "theta0": theta0.cpu(),
-                                "optimizer": optimizer.state_dict(), "records": records, "t1_check": t1}, ckpt_path)
+            save_checkpoint(ckpt_path, {"config": cfg.to_dict(), "epoch": k + 1, "theta": theta.cpu(),
+                                        "theta0": theta0.cpu(), "optimizer": optimizer.state_dict(),
+                                        "records": records, "t1_check": t1})
+        if report and not bars:
+            r = records[-1]
+            print(f"{name}: epoch {k + 1}/{cfg.epochs}, full-batch loss {r['full_loss_start']:.4g} at its start, "
+                  f"{r['wall_s']:.1f} s", file=sys.stderr, flush=True)
         ctx.barrier()
     return FinetuneResult(cfg.to_dict(), records, len(batches), int(x.shape[0]), start, t1,
                           time.perf_counter() - t_start)

@@ -15,18 +15,23 @@ live in one space. The probe is deterministic and closed-form:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..losses import cross_entropy_terms
-from .dist import DistContext
+from .dist import DistContext, shard
 
 TEMPERATURE_GRID = tuple(10 ** (e / 8) for e in range(-8, 25))  # 0.1 .. 1000, 33 values
 
 
 class FrozenHeadClassifier(nn.Module):
     """logits = encode(x) W^T + b with (W, b) buffers: the module's parameters are the encoder's only."""
+
+    head_weight: torch.Tensor
+    head_bias: torch.Tensor
 
     def __init__(self, encoder: nn.Module, weight: torch.Tensor, bias: torch.Tensor):
         super().__init__()
@@ -38,7 +43,13 @@ class FrozenHeadClassifier(nn.Module):
         self.register_buffer("head_bias", bias.detach().to(dtype).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder.encode(x) @ self.head_weight.T + self.head_bias
+        """logits (N, C) of the model inputs x."""
+        return encode(self.encoder, x) @ self.head_weight.T + self.head_bias
+
+
+def encode(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``encoder.encode(x)``: the features (N, dim) of model inputs x (a ViT and a CLIP tower both define it)."""
+    return cast(Callable[[torch.Tensor], torch.Tensor], encoder.encode)(x)
 
 
 @torch.no_grad()
@@ -50,8 +61,9 @@ def features(encoder: nn.Module, x: torch.Tensor, chunk: int = 256, prepare=None
     for i in range(0, x.shape[0], chunk):
         xb = x[i:i + chunk]
         xb = prepare(xb) if prepare is not None else xb
-        outs.append(encoder.encode(xb.to(device=device, dtype=dtype)))
-    return torch.cat(outs) if outs else torch.zeros(0, encoder.config.dim, dtype=dtype, device=device)
+        outs.append(encode(encoder, xb.to(device=device, dtype=dtype)))
+    dim = int(cast(Any, encoder).config.dim)       # an encoder's config (ViT's or CLIP's) has dim
+    return torch.cat(outs) if outs else torch.zeros(0, dim, dtype=dtype, device=device)
 
 
 def fit_probe(z: torch.Tensor, y: torch.Tensor, num_classes: int, ctx: DistContext | None = None,
@@ -66,8 +78,8 @@ def fit_probe(z: torch.Tensor, y: torch.Tensor, num_classes: int, ctx: DistConte
         torch.tensor([float(z64.shape[0])], dtype=torch.float64, device=z.device)])
     ctx.all_reduce_sum_(stats)
     sizes = [d * d, d * num_classes, d, num_classes, 1]
-    zz, zy, sz, sy, n = torch.split(stats, sizes)
-    n = float(n)
+    zz, zy, sz, sy, count = torch.split(stats, sizes)
+    n = float(count)
     if n < 1:
         raise ValueError("the probe needs at least one training example")
     zz, zy = zz.view(d, d), zy.view(d, num_classes)
@@ -107,3 +119,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DistContex
                      device=ctx.device)
     ctx.all_reduce_sum_(t)
     return float(t[0] / t[1]) if t[1] > 0 else math.nan
+
+
+def split_accuracy(model: nn.Module, split: tuple[torch.Tensor, torch.Tensor], ctx: DistContext | None = None,
+                   chunk: int = 256, prepare=None) -> float:
+    """Accuracy on a whole split (x, y) that every rank holds: each rank counts its shard, then all-reduce."""
+    ctx = ctx or DistContext()
+    x, y = split
+    mine = shard(torch.arange(x.shape[0]), ctx)
+    return accuracy(model, x[mine], y[mine], ctx, chunk, prepare)

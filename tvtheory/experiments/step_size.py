@@ -11,13 +11,15 @@ eta ||H|| k is small, so the step size is set relative to the curvature:
 
 with H the Hessian of the mean loss over a seeded subset of ``subset`` training images, by Hessian-vector
 products (``tvtheory.experiments.analysis.ChunkedBatchLoss``; no Hessian is formed). The Rayleigh quotient
-is a lower bound of ||H||_2, so c is taken well below 2.
+is a lower bound of ||H||_2, so c is taken well below 2: ``LR_SCALE`` (c = 1 for gd, 0.5 for sgd; docs/vision.md
+says how they were chosen).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -25,6 +27,10 @@ from torch import nn
 from ..params import flat_params
 from .analysis import ChunkedBatchLoss
 from .dist import DistContext
+from .errors import VisionError
+
+#: c of eta = c / lambda_hat for the optimizers whose learning rate may be set from the curvature ("auto").
+LR_SCALE: Mapping[str, float] = MappingProxyType({"gd": 1.0, "sgd": 0.5})
 
 
 def sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DistContext, chunk_size: int,
@@ -53,8 +59,8 @@ def sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DistConte
 
 
 def learning_rate(lam: float, scale: float) -> float:
-    """eta = scale / lambda_hat (the module docstring), with a clear error for a flat or broken estimate."""
+    """eta = scale / lambda_hat (the module docstring); a VisionError for a flat (0) or broken (NaN, inf) estimate."""
     if not (math.isfinite(lam) and lam > 0):
-        raise ValueError(f"the curvature estimate is {lam}: cannot set the learning rate from it; "
-                         "pass a number to --lr-gd / --lr-sgd instead of 'auto'")
+        raise VisionError(f"the curvature estimate is {lam}: cannot set the learning rate from it; "
+                          "pass a number to --lr-gd / --lr-sgd instead of 'auto'")
     return scale / lam

@@ -1,1 +1,5 @@
-"""Vision experiments: offline image datasets (:mod:`.datasets`) and a compact ViT (:mod:`.vit`)."""
+"""Image data for the vision experiments.
+
+:mod:`.datasets`: the offline datasets and image folders; :mod:`.clip`: the adapter for a real CLIP image tower.
+The models themselves are in :mod:`tvtheory.models`.
+"""

@@ -6,9 +6,11 @@ returned as 3 x 32 x 32 uint8 (grayscale replicated to 3 channels; other sizes r
 bilinear, which is antialiased when it shrinks), so all tasks share one input format.
 
 Where the data lives
-    ``root`` argument, else the ``TVTHEORY_DATA`` environment variable, else
-    ``<repo root>/../shared/data`` where the repo root is the directory containing ``tvtheory/``
-    (so a clean clone placed beside ``shared/`` works without configuration).
+    ``root`` argument, else the ``TVTHEORY_DATA`` environment variable, else :func:`default_data_root`:
+    ``<checkout>/../shared/data`` when this package runs from a repository checkout (the folder with
+    ``pyproject.toml`` above ``tvtheory/``; so a clean clone placed beside ``shared/`` works without
+    configuration), and ``../shared/data`` relative to the working directory for an installed copy
+    (``pip install .``), which has no checkout to be relative to.
 
 Decoded-array cache
     Decoding the 50,000 CIFAR-10 train JPEGs takes ~10 s, so each decoded split is cached as ``.npz``
@@ -60,27 +62,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = [
-    "DatasetError",
-    "Task",
-    "TASKS",
-    "PRETRAIN_TASK",
-    "PAPER_BENCHMARK_STANDINS",
-    "MEAN",
-    "STD",
-    "repo_root",
-    "data_root",
-    "cache_root",
-    "load_manifest",
-    "dataset_info",
-    "load_split",
-    "load_task",
-    "get_task",
-    "train_val_split",
-    "normalize",
-    "load_image_folder",
-    "load_folder_task",
-]
+from ..io import atomic_path
 
 #: Per-channel RGB mean and std of the CIFAR-10 training set (pixel values scaled to [0, 1]), the
 #: usual published values. One fixed normalisation is used for every task, as CLIP does.
@@ -91,8 +73,6 @@ SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 _ENTRY_RE = re.compile(r"^(train|test)/(\d{3})_([a-z0-9_]+)/([^/]+)$")
 _CACHE_FORMAT = 1  # bump when the cached arrays change meaning
-
-from ..io import atomic_path
 
 
 class DatasetError(ValueError):
@@ -156,19 +136,37 @@ def get_task(name: str) -> Task:
 # --------------------------------------------------------------------------------------------
 
 
-def repo_root() -> Path:
-    """The directory containing the ``tvtheory/`` package."""
-    return Path(__file__).resolve().parents[2]
+#: Where the data folder is looked for when neither ``root`` nor ``TVTHEORY_DATA`` is given (help texts say it).
+DATA_ROOT_DEFAULT = ("$TVTHEORY_DATA, else ../shared/data beside the repository checkout (an installed copy: "
+                     "../shared/data relative to the working directory)")
+
+
+def checkout_root() -> Path | None:
+    """The repository checkout this package runs from (``pyproject.toml`` above ``tvtheory/``), or None when
+    it is an installed copy (site-packages has no ``pyproject.toml`` there).
+    """
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def default_data_root() -> tuple[Path, str]:
+    """(data folder, how it was found) without ``root`` or ``TVTHEORY_DATA``: ``<checkout>/../shared/data``
+    for a repository checkout, else ``../shared/data`` relative to the working directory.
+    """
+    checkout = checkout_root()
+    if checkout is not None:
+        return checkout.parent / "shared" / "data", f"the default beside the checkout {checkout}"
+    return Path.cwd().parent / "shared" / "data", "the default ../shared/data relative to the working directory"
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """Resolve the data directory (argument > ``TVTHEORY_DATA`` > ``<repo>/../shared/data``); must exist."""
+    """Resolve the data directory (argument > ``TVTHEORY_DATA`` > :func:`default_data_root`); must exist."""
     if root is not None:
         path, origin = Path(root), "the root argument"
     elif os.environ.get("TVTHEORY_DATA"):
         path, origin = Path(os.environ["TVTHEORY_DATA"]), "TVTHEORY_DATA"
     else:
-        path, origin = repo_root().parent / "shared" / "data", "the default <repo>/../shared/data"
+        path, origin = default_data_root()
     path = path.expanduser()
     if not path.is_dir():
         raise DatasetError(
@@ -200,7 +198,7 @@ def load_manifest(root: str | os.PathLike | None = None) -> dict[str, dict]:
         raw = json.loads(path.read_text())
         return {d["name"]: d for d in raw["datasets"]}
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DatasetError(f"{path} is not a valid manifest ({e!r}): expected {{'datasets': [{{'name': ...}}]}}")
+        raise DatasetError(f"{path} is not a valid manifest ({e!r}): expected {{'datasets': [{{'name': ...}}]}}") from e
 
 
 def dataset_info(dataset: str, root: str | os.PathLike | None = None) -> dict:
@@ -259,7 +257,7 @@ def _to_array(im: Image.Image, image_size: int, mode: str | None = None) -> np.n
     if im.mode != mode:
         im = im.convert(mode)
     if im.size != (image_size, image_size):
-        im = im.resize((image_size, image_size), Image.BILINEAR)
+        im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
     a = np.asarray(im, dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
@@ -349,7 +347,7 @@ def load_split(
     Args:
         dataset: a manifest name (``cifar10``, ``gtsrb``, ``dtd10``, ``cars``, ``mnist``, ...).
         split: ``"train"`` or ``"test"``.
-        root: data folder (default: ``TVTHEORY_DATA`` or ``<repo>/../shared/data``).
+        root: data folder (default: ``TVTHEORY_DATA``, else :func:`default_data_root`).
         classes: keep only these class names; labels become their positions in this list
             (0..C-1). None keeps every class with the manifest labels.
         image_size: output side S; images of another size are resized with PIL bilinear.
@@ -464,16 +462,13 @@ def load_image_folder(
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist; expected <root>/<class>/<image> files")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _class_folders(root)
     if not classes:
         raise DatasetError(f"image folder {root} has no class sub-directories; expected <root>/<class>/<image>")
     xs: list[np.ndarray] = []
     ys: list[int] = []
     for label, cname in enumerate(classes):
-        files = sorted(
-            p for p in (root / cname).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        for f in files:
+        for f in _image_files(root / cname):
             try:
                 with Image.open(f) as im:
                     xs.append(_to_rgb(_to_array(im, image_size)[None])[0])
@@ -494,13 +489,47 @@ def load_folder_task(
     position in the sorted class names). Returns ``((x, y) train, (x, y) test, classes)``.
     """
     root = Path(path).expanduser()
-    x, y, classes = load_image_folder(root / "train", image_size)
-    xt, yt, test_classes = load_image_folder(root / "test", image_size)
+    classes = check_folder_task(root)
+    x, y, _ = load_image_folder(root / "train", image_size)
+    xt, yt, _ = load_image_folder(root / "test", image_size)
+    return (x, y), (xt, yt), classes
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files of one class folder (by extension), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _class_folders(split: Path) -> list[str]:
+    """The class sub-folder names of a split folder, sorted (hidden folders left out)."""
+    return sorted(p.name for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def check_folder_task(path: str | os.PathLike) -> list[str]:
+    """The class names of a ``<path>/{train,test}/<class>/<image>`` task, checked without decoding an image.
+
+    Refuses (:class:`DatasetError`, naming the folder): a missing ``train`` or ``test`` folder, a split without
+    class folders, class folders that differ between the splits, and a training class folder without images
+    (a class the probe and the finetuning could not learn, yet counted in the accuracy).
+    """
+    root = Path(path).expanduser()
+    train, test = root / "train", root / "test"
+    if not (train.is_dir() and test.is_dir()):
+        raise DatasetError(f"task folder {root}: no folders {train} and {test}; expected "
+                           "PATH/train/<class>/<image> and PATH/test/<class>/<image>")
+    classes, test_classes = _class_folders(train), _class_folders(test)
+    if not classes:
+        raise DatasetError(f"image folder {train} has no class sub-directories; expected {train}/<class>/<image>")
     if test_classes != classes:
         only_train = sorted(set(classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(classes))
         raise DatasetError(
-            f"the class folders of {root / 'train'} and {root / 'test'} differ (only in train: {only_train}, "
+            f"the class folders of {train} and {test} differ (only in train: {only_train}, "
             f"only in test: {only_test}); both splits need the same <class> folders"
         )
-    return (x, y), (xt, yt), classes
+    empty = [c for c in classes if not _image_files(train / c)]
+    if empty:
+        raise DatasetError(f"the training class folder {train / empty[0]} has no images "
+                           f"({', '.join(IMAGE_EXTENSIONS)}); every class needs training images: add some "
+                           f"or remove the folder{'s ' + ', '.join(empty) if len(empty) > 1 else ''}")
+    return classes
