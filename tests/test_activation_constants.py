@@ -97,7 +97,7 @@ def _critical_points(f, lo=-40, hi=40, n=1600):
     values = [f(x) for x in xs]
     return [
         mp.findroot(f, (a, b), solver="anderson")
-        for a, b, fa, fb in zip(xs, xs[1:], values, values[1:])
+        for a, b, fa, fb in zip(xs, xs[1:], values, values[1:], strict=False)
         if fa * fb < 0
     ]
 
@@ -124,7 +124,7 @@ def test_analytic_derivatives_match_mpmath_diff(name):
 def test_limits_at_infinity(name):
     _, derivs, limits = EXACT[name]
     for order in (1, 2):
-        for x, lim in zip((mp.mpf(-200), mp.mpf(200)), limits[order - 1]):
+        for x, lim in zip((mp.mpf(-200), mp.mpf(200)), limits[order - 1], strict=True):
             assert abs(derivs(x)[order - 1] - lim) < mp.mpf("1e-30")
 
 

@@ -19,3 +19,28 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+_TIGHTNESS = pytest.StashKey[dict]()
+
+
+@pytest.fixture
+def report_tightness(request):
+    """report_tightness(name, ratio, terms): record a pinned case's ||hess L||_2 / bound for the summary."""
+    table = request.config.stash.setdefault(_TIGHTNESS, {})
+
+    def report(name: str, ratio: float, terms: str) -> None:
+        table[name] = (ratio, terms)
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Print the tightness ratios of the pinned T4 cases that ran (verification/tight_cases.py)."""
+    table = config.stash.get(_TIGHTNESS, {})
+    if table:
+        terminalreporter.write_sep("-", "T4 pinned cases: ||hess L||_2 / bound (1 = attained)")
+        for name, (ratio, terms) in sorted(table.items()):
+            terminalreporter.write_line(f"{name:34s} {ratio:.10f}  tight: {terms}")

@@ -24,7 +24,7 @@ def problems(draw, max_depth: int = 5, max_width: int = 64, max_examples: int = 
     widths = tuple(draw(st.integers(1, max_width)) for _ in range(depth + 1))
     if max_params is not None:
         from hypothesis import assume
-        assume(sum(a * b + b for a, b in zip(widths[:-1], widths[1:])) <= max_params)
+        assume(sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True)) <= max_params)
     activation = draw(st.sampled_from(SMOOTH_ACTIVATIONS))
     loss = draw(st.sampled_from(("mse", "ce")))
     batches = draw(st.integers(1, max_batches))

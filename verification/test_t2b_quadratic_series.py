@@ -188,7 +188,7 @@ def test_float64_within_derived_bound(problem, k):
     exact = series(Hq, gq, etaq, k)
     assert np.array_equal(exact, gd(Hq, gq, etaq, k))
     error = np.abs(to_fraction(computed) - exact)
-    assert all(e <= b for e, b in zip(error, bound)), (error, bound)
+    assert all(e <= b for e, b in zip(error, bound, strict=True)), (error, bound)
 
 
 @settings(max_examples=50)
@@ -209,4 +209,4 @@ def test_float64_bound_catches_broken_gd(problem, k):
     computed, bound = gd_float64_with_bound(H, g, eta, k, eta_used=eta * (1 + 1e-9))
     exact = series(to_fraction(H), to_fraction(g), Fraction(eta), k)
     error = np.abs(to_fraction(computed) - exact)
-    assert any(e > b for e, b in zip(error, bound))
+    assert any(e > b for e, b in zip(error, bound, strict=True))

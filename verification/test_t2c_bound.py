@@ -12,9 +12,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from strategies import learning_rates, problems
 
-from tvtheory.bounds import coarse_error_bound
+from tvtheory.bounds import coarse_error_bound, step_hessian_bounds
+from tvtheory.data import Dataset
+from tvtheory.models import make_mlp
 from tvtheory.optimizers import OptimizerSpec
-from tvtheory.theorems import epoch_rows, step_hessian_bounds
+from tvtheory.problem import make_problem
+from tvtheory.table import epoch_rows
 from tvtheory.trajectory import DivergenceError, gradient_descent
 
 
@@ -34,3 +37,19 @@ def test_t2c_error_never_exceeds_bound(problem, lr, epochs):
         coarse = coarse_error_bound(lr, k, max(M[:k]), G)
         assert row["bound"] <= coarse * (1 + 1e-12) + 1e-300, (row["bound"], coarse)
         assert math.isfinite(row["dominance"])
+
+
+def test_t2c_bound_attained_one_layer_mse():
+    """The first inequality of T2(c) is attained: L = 1, MSE, one example x, so hess L = x~ x~^T (x) I is constant
+    (x~ = (x, 1)) and every g_j = (f_j - y) (x) x~ lies in its top eigenspace, with
+    f_j - y = (1 - eta ||x~||^2)^j (f_0 - y): all theta_j - theta_0 are parallel eigenvectors, so
+    ||E_k|| = eta sum_j ||x~||^2 ||theta_j - theta_0|| and M_j = J_1^2 = ||x~||^2 (up to its rounding slack).
+    A bound weakened by more than rounding (e.g. a factor on eta, a step left out of the sum) fails here."""
+    x = torch.tensor([[0.5, -1.0, 0.25]], dtype=torch.float64)          # ||x~||^2 = 2.3125
+    model = make_mlp((3, 2), "tanh", seed=3)
+    problem = make_problem(model, "mse", Dataset("pinned", x, torch.tensor([1]), 2))
+    lr = 0.125                                                          # eta ||x~||^2 < 1: converges
+    traj = gradient_descent(problem.objective, problem.theta0, lr, 5)
+    for row in epoch_rows(problem, OptimizerSpec("gd", lr), traj)[1:]:
+        assert row["error_norm"] <= row["bound"] + row["rounding_allowance"], row
+        assert row["error_norm"] >= row["bound"] * (1 - 1e-12) - row["rounding_allowance"], row
