@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test lint verify unit bench figures figures-quick vision vision-quick clean
+.PHONY: setup run test lint mutation verify unit bench figures figures-quick vision vision-quick clean
 
 # torch is installed first and pinned exactly: this machine has the 2.13.0 CPU wheel on disk, while an
 # unpinned or ranged torch would pull a multi-GB CUDA build.
@@ -26,6 +26,10 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# weakens each constant of the T4 recursion in a scratch copy and runs the suite (~6 min, not in CI)
+mutation: setup
+	$(BIN)/python benchmarks/mutation/run_mutations.py
 
 unit: setup
 	$(BIN)/python -m pytest tests
