@@ -1,5 +1,6 @@
-"""paper_figures: results computed when missing (tiny configurations), every figure drawn to PNG and PDF, and
-numbers.md equal to the result files it is rendered from."""
+"""paper_figures: results computed when missing (tiny configurations), every figure drawn to PNG and PDF,
+numbers.md equal to the result files it is rendered from, and a second build byte-identical, rewriting nothing
+and recording no machine, time or absolute path."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import contextlib
 import dataclasses
 import io
 import json
+import platform
 import re
+import socket
 import sys
 import types
 from pathlib import Path
@@ -15,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # paper_figures is not an installed package
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))   # paper_figures is not an installed package
 
 from paper_figures import (  # noqa: E402
     f1_norm_dominance,
@@ -25,6 +29,7 @@ from paper_figures import (  # noqa: E402
     f6_floating_point,
     figures,
     make_all,
+    style,
     vision_runs,
 )
 from paper_figures.results import format_cell, load, load_or_compute, resolve, result_path  # noqa: E402
@@ -44,21 +49,34 @@ VISION = ["f1_norm_dominance", "f2_direction_dominance", "f3_merging"]
 SYNTHETIC = VisionConfig.quick_preset(synthetic=True, tasks=("mnist", "cars"), progress=False)
 
 
+def _make_all(root: Path, out: io.StringIO) -> None:
+    """make_all --quick into root/results and root/out with the quick configurations shrunk to tiny ones (PNGs
+    at a low dpi: the same code path, faster)."""
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        for module, config in TINY.items():
+            mp.setitem(module.CONFIGS, "quick", config)
+        mp.setitem(style.RC, "savefig.dpi", 40)
+        code = make_all.main(["--quick", "--results", str(root / "results"), "--out", str(root / "out"),
+                              "--no-progress"])
+    assert code == 0
+
+
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    """make_all --quick with tiny vision runs recorded first and the theory results computed on the way, with
-    the quick configurations shrunk to tiny ones."""
+    """make_all with tiny vision runs recorded first and the theory results computed on the way; then make_all
+    again on the same folders, before any test touches them (``builds``: both builds' files and the stats)."""
     root = tmp_path_factory.mktemp("figures")
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         vision_runs.run_pipeline(root / "results" / "vision", SYNTHETIC)
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        for module, config in TINY.items():
-            mp.setitem(module.CONFIGS, "quick", config)
-        code = make_all.main(["--quick", "--results", str(root / "results"), "--out", str(root / "out"),
-                              "--no-progress"])
-    assert code == 0
-    return {"results": root / "results", "out": root / "out", "stdout": out.getvalue()}
+    _make_all(root, out)
+    first = _written(root)
+    stats = {name: (root / name).stat() for name in first}
+    _make_all(root, io.StringIO())
+    again = _written(root)
+    stats_again = {name: (root / name).stat() for name in again}
+    return {"results": root / "results", "out": root / "out", "stdout": out.getvalue(),
+            "builds": {"a": first, "again": again, "root": root, "stats": stats, "stats_again": stats_again}}
 
 
 def test_every_figure_is_discovered_in_order():
@@ -230,3 +248,80 @@ def test_missing_vision_runs_are_made_with_the_quick_configuration(tmp_path, mon
     # a second figure reuses those runs instead of running the pipeline again
     load_or_compute(f2_direction_dominance, "default", tmp_path / "results", progress=False)
     assert "using the quick ones" in capsys.readouterr().out
+
+
+# ---- reproducibility: a second make_all on the same inputs gives the same bytes and rewrites nothing; nothing
+# written records a machine, a time or an absolute path
+
+TEXT = (".json", ".md")
+TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
+def _written(root: Path) -> dict[str, bytes]:
+    """Every file make_all writes (F1-F6 results, figures, numbers.md), by path relative to root."""
+    paths = [p for p in (root / "out").rglob("*") if p.is_file()]
+    paths += [p for p in (root / "results").glob("*/f[0-9]_*.json")]
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(paths)}
+
+
+@pytest.fixture(scope="module")
+def builds(made):
+    return made["builds"]
+
+
+def test_every_figure_and_result_is_written(builds):
+    names = set(builds["a"])
+    for stem in ("f1_norm_dominance", "f2_direction_dominance", "f3_merging", "f4_second_order",
+                 "f5_curvature_bound", "f6_floating_point"):
+        assert {f"out/{stem}.pdf", f"out/{stem}.png"} <= names
+    assert "out/numbers.md" in names
+    assert len([n for n in names if n.startswith("results/")]) == 6
+
+
+def test_a_second_run_gives_the_same_bytes_and_rewrites_nothing(builds):
+    """F1-F3 are re-derived and every figure redrawn on the second run: same bytes, files left untouched."""
+    assert builds["again"].keys() == builds["a"].keys()
+    assert [name for name in builds["a"] if builds["again"][name] != builds["a"][name]] == []
+    for name, before in builds["stats"].items():
+        after = builds["stats_again"][name]
+        assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino), name
+
+
+def test_no_machine_time_or_absolute_path_in_what_is_written(builds):
+    machine = {platform.platform(), platform.node(), socket.gethostname(), platform.version()} - {""}
+    folders = {str(builds["root"]), str(REPO), str(Path.home())}
+    for name, data in builds["a"].items():
+        if name.endswith(TEXT):
+            text = data.decode("utf-8")
+            assert not TIMESTAMP.search(text), name
+            assert not re.search(r"(?<![\w.])/(tmp|home|root|work|usr|Users|var|private)/", text), name
+            assert [m for m in machine if re.search(rf"\b{re.escape(m)}\b", text)] == [], name
+        elif name.endswith(".png"):
+            assert _png_text_chunks(data) == [], name
+        else:                     # PDF: the Info dictionary is plain text
+            text = data.decode("latin-1")
+            assert "/CreationDate" not in text and "/ModDate" not in text, name
+        for folder in folders:
+            assert folder.encode() not in data, (name, folder)
+
+
+def _png_text_chunks(data: bytes) -> list[bytes]:
+    """The types of the text chunks (tEXt, zTXt, iTXt) of a PNG: where metadata such as Software would go."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    found, i = [], 8
+    while i < len(data):
+        length = int.from_bytes(data[i:i + 4], "big")
+        kind = data[i + 4:i + 8]
+        if kind in (b"tEXt", b"zTXt", b"iTXt"):
+            found.append(kind)
+        i += 12 + length
+    return found
+
+
+def test_result_files_keep_the_provenance_that_is_stable(builds):
+    for name, data in builds["a"].items():
+        if name.startswith("results/"):
+            result = json.loads(data)
+            assert {"config", "seed", "versions", "configuration"} <= set(result), name
+            assert set(result["versions"]) == {"tvtheory", "python", "torch", "numpy", "scipy"}, name
+            assert "created_utc" not in result and "wall_time_s" not in result, name
