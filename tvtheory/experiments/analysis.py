@@ -27,7 +27,7 @@ from ..expansion import first_order_terms, second_order_terms
 from ..losses import get_loss
 from ..objective import Objective
 from ..params import ParamLayout
-from ..task_vectors import cosine, per_layer_cosines
+from ..task_vectors import cosine, norm, per_layer_cosines
 from ..trajectory import epoch_schedule
 from .dist import DistContext, shard
 
@@ -59,10 +59,6 @@ class ChunkedBatchLoss:
     def hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """H_b(theta) v = sum_c (n_c / n_b) H_c(theta) v, summed over ranks."""
         return self._sum(lambda f: hvp(f, theta, v), theta)
-
-
-def _norm(v: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(v.detach().double()))
 
 
 def _ratio(a: float, b: float) -> float:
@@ -120,16 +116,17 @@ def expansion_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches:
     grads = [f.grad(theta0) for f in losses]
     schedule = epoch_schedule(len(batches), K)
     first = first_order_terms(lr, grads, schedule, len(batches))
-    rows = [{"k": k + 1, "tau_norm": _norm(taus[k]), "first_order_norm": _norm(first[k]),
-             "error_norm": _norm(taus[k] - first[k]), "relative_error": _ratio(_norm(taus[k] - first[k]),
-                                                                               _norm(first[k])),
-             "cos_tau_first_order": cosine(taus[k], first[k])} for k in range(K)]
+    rows = []
+    for k in range(K):
+        error, first_norm = norm(taus[k] - first[k]), norm(first[k])
+        rows.append({"k": k + 1, "tau_norm": norm(taus[k]), "first_order_norm": first_norm, "error_norm": error,
+                     "relative_error": _ratio(error, first_norm), "cos_tau_first_order": cosine(taus[k], first[k])})
     applies = optimizer in ("gd", "sgd")
     if applies and second_order:
         second = second_order_terms(lambda b, v: losses[b].hvp(theta0, v), lr, grads, schedule, len(batches))
         for k in range(K):
-            rows[k]["second_order_norm"] = _norm(second[k])
-            rows[k]["second_order_residual_norm"] = _norm(taus[k] - first[k] - second[k])
+            rows[k]["second_order_norm"] = norm(second[k])
+            rows[k]["second_order_residual_norm"] = norm(taus[k] - first[k] - second[k])
     statement = {"gd": "T2: tau^(k) = -k eta g + E_k, E_k = eta^2 C(k,2) H g + O(eta^3)",
                  "sgd": "T3: tau = -eta sum_s g_{b_s} + E, E = eta^2 sum_s H_{b_s} sum_{s'<s} g_{b_s'} + O(eta^3)",
                  "adamw": "none: AdamW changes the direction (first step ~ -eta sign(g)); error_norm is the "
