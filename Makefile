@@ -37,8 +37,15 @@ unit: setup
 verify: setup
 	$(BIN)/python -m pytest verification
 
+# the peers (pyproject's bench extra) with --no-deps: curvlinops' backpack dependency would pull another torch
+BENCH_EXTRA = $(shell $(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))")
+
+# tvtheory against curvlinops and PyHessian, then the library's own checks and the CLI (~15 min, 1 torch thread)
 bench: setup
-	$(BIN)/python benchmarks/bench_curvature.py
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt $(BENCH_EXTRA)
+	$(BIN)/python benchmarks/bench_peers.py --threads 1
+	$(BIN)/python benchmarks/bench_curvature.py --threads 1 --checks grad,hvp,hvp_fr,hvp_rr,t4,t4_svd \
+	    --repeats 5 --no-tests
 
 figures: setup
 	$(BIN)/python -m paper_figures.make_all

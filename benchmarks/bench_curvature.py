@@ -6,15 +6,14 @@
 For MLPs (tanh, cross-entropy, 10 classes) of about 1e3 .. 1e6 parameters and N random examples, it
 measures, after warm-up, the median wall time over several repeats of
   grad      one gradient, ``torch.func.grad`` of the Objective (tvtheory.curvature.gradient)
-  hvp       one Hessian-vector product (tvtheory.curvature.hvp, forward-over-reverse)
-  hvp_rr    prototype: the same product by reverse-over-reverse, vjp(grad(f), theta)[1](v) (H symmetric)
-  t4        the T4 bound: layer_norms + mlp_hessian_bound (plus each part alone)
-  t4_gram   the same bound with a prototype of layer_norms that takes the certified, SVD-free upper bound
-            tvtheory.spectral.spectral_norm_upper (Gram matrix + eigvalsh/Lanczos estimate + Cholesky
-            certificate) instead of a full SVD per weight matrix
+  hvp       one Hessian-vector product at a fresh point (tvtheory.curvature.hvp, double backward)
+  hvp_fr    the same product by forward-over-reverse, jvp(grad(f)) (the library's hvp before; slower)
+  hvp_rr    the same product by torch.func reverse-over-reverse, vjp(grad(f), theta)[1](v) (H symmetric)
+  t4        the T4 bound: layer_norms (certified SVD-free spectral norms, tvtheory.spectral) +
+            mlp_hessian_bound (plus each part alone), and how far its s_l lie above the SVD values
+  t4_svd    the same bound with an SVD per weight matrix raised by 64 n u (the layer_norms that t4's
+            replaced), for comparison
   dense     dense_hessian (only where P <= 5,000, the library's guard; skipped above)
-  dense_chunked  prototype: the dense Hessian as vmap of hvp_rr over the unit vectors, in chunks of
-            --dense-chunk columns (bounded memory), symmetrised like dense_hessian
   lanczos   hessian_norm(method='lanczos'), with the number of Hessian-vector products it reports having
             used (HessianNorm.products) and the time of one such product
 and the peak resident memory (ru_maxrss) of each measurement. Every (size, dtype, check) runs in its own
@@ -47,32 +46,28 @@ PRESETS: dict[str, tuple[int, ...]] = {
     "1e5": (784, 128, 10),          # P = 101,770
     "1e6": (784, 1024, 256, 10),    # P = 1,068,810
 }
-CHECKS = ("grad", "hvp", "hvp_rr", "t4", "t4_gram", "dense", "dense_chunked", "lanczos")
+CHECKS = ("grad", "hvp", "hvp_fr", "hvp_rr", "t4", "t4_svd", "dense", "lanczos")
 
 
 def num_params(widths) -> int:
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
 
-def layer_norms_gram(config, theta, steps: int = 64):
-    """Drop-in prototype of tvtheory.bounds.layer_norms with the SVD-free certified bound
-    tvtheory.spectral.spectral_norm_upper in place of an SVD per weight matrix; also returns, per layer,
-    the Cholesky attempts of the bound."""
+def layer_norms_svd(config, theta):
+    """The layer_norms that tvtheory.bounds had before the certified bound: s_l = the float64 SVD value raised
+    by the relative amount 64 n u (n = larger side), said to cover the SVD's backward error."""
     import torch
 
     from tvtheory.bounds import LayerNorms, mlp_layers
     from tvtheory.fp import unit_roundoff
-    from tvtheory.spectral import spectral_norm_upper
 
     u = unit_roundoff(torch.float64)
-    weight, bias, attempts = [], [], []
+    weight, bias = [], []
     for w, b in mlp_layers(config, theta.detach().double()):
-        bound = spectral_norm_upper(w, steps=steps)
-        weight.append(torch.tensor(bound.value, dtype=torch.float64))
-        attempts.append(bound.attempts)
+        weight.append(torch.linalg.matrix_norm(w, ord=2) * (1.0 + 64 * max(w.shape) * u))
         bias.append(torch.linalg.vector_norm(b) * (1.0 + 64 * b.numel() * u) if b is not None
                     else torch.zeros((), dtype=torch.float64))
-    return LayerNorms(torch.stack(weight), torch.stack(bias)), attempts
+    return LayerNorms(torch.stack(weight), torch.stack(bias))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,16 +98,11 @@ def hvp_revrev(f, theta, v):
     return vjp(grad(f), theta)[1](v.to(theta.dtype))[0]
 
 
-def dense_hessian_chunked(f, theta, chunk: int):
-    """H column block by column block: vmap of hvp_revrev over unit vectors, `chunk` at a time."""
-    import torch
-    from torch.func import vmap
+def hvp_fwdrev(f, theta, v):
+    """H v by forward-over-reverse: the jvp of grad f along v."""
+    from torch.func import grad, jvp
 
-    p = theta.numel()
-    cols = [vmap(lambda e: hvp_revrev(f, theta, e))(torch.eye(p, dtype=theta.dtype)[i:i + chunk])
-            for i in range(0, p, chunk)]
-    h = torch.cat(cols)
-    return 0.5 * (h + h.T)
+    return jvp(grad(f), (theta,), (v.to(theta.dtype),))[1]
 
 
 def worker(spec: dict) -> dict:
@@ -144,28 +134,24 @@ def worker(spec: dict) -> dict:
         out["time"] = _time(lambda: curv.gradient(f, theta), warmup, repeats)
     elif check == "hvp":
         out["time"] = _time(lambda: curv.hvp(f, theta, v), warmup, repeats)
-    elif check == "hvp_rr":
-        out["time"] = _time(lambda: hvp_revrev(f, theta, v), warmup, repeats)
+    elif check in ("hvp_fr", "hvp_rr"):
+        fn = hvp_fwdrev if check == "hvp_fr" else hvp_revrev
+        out["time"] = _time(lambda: fn(f, theta, v), warmup, repeats)
         ref = curv.hvp(f, theta, v)
         out["rel_diff_vs_library_hvp"] = float(torch.linalg.vector_norm(_time.last - ref)
                                                / torch.linalg.vector_norm(ref))
-    elif check in ("t4", "t4_gram"):
+    elif check in ("t4", "t4_svd"):
         config = model.config
-        if check == "t4":
-            norms_fn = lambda: layer_norms(config, theta)                      # noqa: E731
-        else:
-            norms_fn = lambda: layer_norms_gram(config, theta, spec["gram_steps"])[0]  # noqa: E731
+        norms_of = layer_norms if check == "t4" else layer_norms_svd
+        norms_fn = lambda: norms_of(config, theta)                      # noqa: E731
         out["time"] = _time(lambda: mlp_hessian_bound(config, loss, x, y, norms_fn()), warmup, repeats)
         out["time_norms"] = _time(norms_fn, warmup, repeats)
         norms = norms_fn()
         out["time_recursion"] = _time(lambda: mlp_hessian_bound(config, loss, x, y, norms), warmup, repeats)
         out["bound_M"] = mlp_hessian_bound(config, loss, x, y, norms).mean
         out["weight_norm_bounds"] = [float(s) for s in norms.weight]
-        if check == "t4_gram":
-            ref = layer_norms(config, theta).weight
+        if check == "t4":
             svd = [float(torch.linalg.matrix_norm(w, ord=2)) for w, _ in _layers(config, theta)]
-            out["cholesky_attempts"] = layer_norms_gram(config, theta, spec["gram_steps"])[1]
-            out["library_weight_norm_bounds"] = [float(s) for s in ref]
             out["svd_values"] = svd
             # the bound must be an upper bound: >= the (float64) SVD value, and close to it
             pairs = list(zip(out["weight_norm_bounds"], svd, strict=True))
@@ -179,15 +165,6 @@ def worker(spec: dict) -> dict:
             out["time"] = _time(lambda: curv.dense_hessian(f, theta), 0, spec["heavy_repeats"])
             h = _time.last
             out["hessian_norm_dense"] = float(torch.linalg.eigvalsh(h.double()).abs().max())
-    elif check == "dense_chunked":
-        if theta.numel() > curv.DENSE_HESSIAN_MAX_PARAMS:
-            out["skipped"] = f"P = {theta.numel()} > {curv.DENSE_HESSIAN_MAX_PARAMS} (the dense_hessian guard)"
-        else:
-            hvp_revrev(f, theta, v)
-            out["time"] = _time(lambda: dense_hessian_chunked(f, theta, spec["dense_chunk"]), 0,
-                                spec["heavy_repeats"])
-            out["hessian_norm_dense"] = float(torch.linalg.eigvalsh(_time.last.double()).abs().max())
-            out["chunk"] = spec["dense_chunk"]
     elif check == "lanczos":
         curv.hvp(f, theta, v)            # warm the kernels
         norms: list = []
@@ -218,7 +195,7 @@ def _layers(config, theta):
 
 
 def profile_hvp(widths, n: int, dtype_name: str, threads: int | None, repeats: int) -> dict:
-    """torch.profiler view of grad, hvp (library) and hvp_rr: GEMM calls, GEMM self time, profiler FLOPs."""
+    """torch.profiler view of grad, hvp (library), hvp_fr and hvp_rr: GEMM calls, GEMM self time, profiler FLOPs."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -238,8 +215,9 @@ def profile_hvp(widths, n: int, dtype_name: str, threads: int | None, repeats: i
     f = Objective(model, get_loss("ce"), x, y)
     theta = flat_params(model)
     v = torch.randn(theta.numel(), generator=gen, dtype=torch.float64).to(dtype)
-    fns = {"grad": lambda: curv.gradient(f, theta), "hvp (library, fwd-over-rev)": lambda: curv.hvp(f, theta, v),
-           "hvp_rr (rev-over-rev)": lambda: hvp_revrev(f, theta, v)}
+    fns = {"grad": lambda: curv.gradient(f, theta), "hvp (library, double backward)": lambda: curv.hvp(f, theta, v),
+           "hvp_fr (fwd-over-rev)": lambda: hvp_fwdrev(f, theta, v),
+           "hvp_rr (torch.func rev-over-rev)": lambda: hvp_revrev(f, theta, v)}
     out = {}
     for name, fn in fns.items():
         fn()
@@ -342,20 +320,21 @@ def summary_rows(results: list[dict]) -> list[dict]:
         def ratio(a, b):
             return a / b if a is not None and b else None
 
-        g, h, hrr, t4, t4g = med("grad"), med("hvp"), med("hvp_rr"), med("t4"), med("t4_gram")
+        g, h, hrr, t4, t4s = med("grad"), med("hvp"), med("hvp_rr"), med("t4"), med("t4_svd")
+        hfr = med("hvp_fr")
         rows.append({
             "size": r["size"], "widths": r["widths"], "P": r["num_params"], "N": r["n"], "dtype": r["dtype"],
             "grad_ms": ms(g), "hvp_ms": ms(h), "hvp_over_grad": ratio(h, g),
+            "hvp_fr_ms": ms(hfr), "hvp_fr_over_grad": ratio(hfr, g),
             "hvp_rr_ms": ms(hrr), "hvp_rr_over_grad": ratio(hrr, g),
             "hvp_rr_rel_diff": c.get("hvp_rr", {}).get("rel_diff_vs_library_hvp"),
             "t4_ms": ms(t4), "t4_over_grad": ratio(t4, g),
             "t4_norms_ms": ms(med("t4", "time_norms")), "t4_recursion_ms": ms(med("t4", "time_recursion")),
-            "t4_gram_ms": ms(t4g), "t4_gram_over_grad": ratio(t4g, g),
-            "t4_gram_norms_ms": ms(med("t4_gram", "time_norms")),
-            "t4_gram_upper_bound_holds": c.get("t4_gram", {}).get("upper_bound_holds"),
-            "t4_gram_max_rel_excess": c.get("t4_gram", {}).get("max_rel_excess_over_svd"),
+            "t4_svd_ms": ms(t4s), "t4_svd_over_grad": ratio(t4s, g),
+            "t4_svd_norms_ms": ms(med("t4_svd", "time_norms")),
+            "t4_upper_bound_holds": c.get("t4", {}).get("upper_bound_holds"),
+            "t4_max_rel_excess": c.get("t4", {}).get("max_rel_excess_over_svd"),
             "dense_s": med("dense"), "dense_skipped": c.get("dense", {}).get("skipped"),
-            "dense_chunked_s": med("dense_chunked"),
             "lanczos_ms": ms(med("lanczos")), "lanczos_hvps": c.get("lanczos", {}).get("hvps"),
             "lanczos_matvec_ms": ms(med("lanczos", "time_operator_matvec")),
             "hessian_norm_lanczos": c.get("lanczos", {}).get("hessian_norm_lanczos"),
@@ -374,7 +353,7 @@ def _f(x, spec=".3g"):
 def markdown_table(rows: list[dict]) -> str:
     """Table 1: the library as it is. Table 2: the prototypes. Table 3: peak memory."""
     out = []
-    head = ("| P | widths | N | dtype | grad ms | HVP ms | HVP/grad | T4 ms | T4/grad | T4: SVDs ms | "
+    head = ("| P | widths | N | dtype | grad ms | HVP ms | HVP/grad | T4 ms | T4/grad | T4: norms ms | "
             "dense Hessian s | Lanczos ms / #HVP | Lanczos: ms per product |")
     out += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -386,16 +365,16 @@ def markdown_table(rows: list[dict]) -> str:
                    f"{_f(r['t4_over_grad'], '.2f')} | {_f(r['t4_norms_ms'])} | {dense} | {lan} | "
                    f"{_f(r['lanczos_matvec_ms'])} |")
     out.append("")
-    head = ("| P | dtype | HVP rev-over-rev ms | its /grad | T4 with Gram norms ms | its /grad | "
-            "Gram norm excess over SVD (max rel.) | upper bound holds | dense chunked s |")
+    head = ("| P | dtype | HVP fwd-over-rev ms | its /grad | HVP torch.func rev-over-rev ms | its /grad | "
+            "T4 with SVD norms ms | its /grad | T4 norm excess over SVD (max rel.) | upper bound holds |")
     out += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        dense = "skipped" if r["dense_skipped"] else _f(r["dense_chunked_s"])
-        out.append(f"| {r['P']:,} | {r['dtype']} | {_f(r['hvp_rr_ms'])} | {_f(r['hvp_rr_over_grad'], '.2f')} | "
-                   f"{_f(r['t4_gram_ms'])} | {_f(r['t4_gram_over_grad'], '.2f')} | "
-                   f"{_f(r['t4_gram_max_rel_excess'], '.1e')} | {r['t4_gram_upper_bound_holds']} | {dense} |")
+        out.append(f"| {r['P']:,} | {r['dtype']} | {_f(r['hvp_fr_ms'])} | {_f(r['hvp_fr_over_grad'], '.2f')} | "
+                   f"{_f(r['hvp_rr_ms'])} | {_f(r['hvp_rr_over_grad'], '.2f')} | "
+                   f"{_f(r['t4_svd_ms'])} | {_f(r['t4_svd_over_grad'], '.2f')} | "
+                   f"{_f(r['t4_max_rel_excess'], '.1e')} | {r['t4_upper_bound_holds']} |")
     out.append("")
-    keys = ("grad", "hvp", "hvp_rr", "t4", "t4_gram", "dense", "dense_chunked", "lanczos")
+    keys = CHECKS
     head = "| P | dtype | " + " | ".join(keys) + " |"
     out += ["Peak RSS above the worker's post-setup RSS, MiB:", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -420,8 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed repeats of dense_hessian and Lanczos (after one warm-up HVP)")
     p.add_argument("--lanczos-tol", type=float, default=1e-8, help="tol of hessian_norm (its default)")
     p.add_argument("--lanczos-maxiter", type=int, default=None, help="maxiter of hessian_norm")
-    p.add_argument("--gram-steps", type=int, default=64, help="Lanczos steps of the Gram prototype's estimate")
-    p.add_argument("--dense-chunk", type=int, default=128, help="columns per vmap chunk of dense_chunked")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of every worker, the CLI and pytest (unset: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -429,9 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cli-runs", type=int, default=3, help="wall-time runs of the CLI default (0: skip)")
     p.add_argument("--no-cli", action="store_true", help="do not time the CLI")
     p.add_argument("--no-tests", action="store_true", help="do not time pytest verification/ and tests/")
-    p.add_argument("--out", default=str(REPO / "runs" / "bench" / "curvature.json"), help="results JSON path")
+    p.add_argument("--out", default=str(REPO / "results" / "bench" / "curvature.json"), help="results JSON path")
     p.add_argument("--profile-hvp", action="store_true",
-                   help="only profile grad / hvp / hvp_rr (torch.profiler) on the largest --sizes and first --dtypes")
+                   help="only profile grad / hvp / hvp_fr / hvp_rr (torch.profiler): largest --sizes, first --dtypes")
     p.add_argument("--table", default=None, metavar="JSON", help="only print the tables of an earlier results file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
@@ -470,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     busy = [p for p in busy if p != str(os.getpid())]
     machine = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": threads,
                "other_benchmark_load": f"pretrain_vit running (pids {busy})" if busy else None,
-               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+               "loadavg_start": os.getloadavg(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"# {machine['cpu']}, {threads} torch threads, torch {torch.__version__}"
           + (f"  WARNING: {machine['other_benchmark_load']}" if busy else ""), flush=True)
 
@@ -486,8 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec = {"check": check, "widths": list(widths), "n": args.n, "dtype": dtype, "seed": args.seed,
                         "threads": threads, "warmup": args.warmup, "repeats": args.repeats,
                         "heavy_repeats": args.heavy_repeats, "lanczos_tol": args.lanczos_tol,
-                        "lanczos_maxiter": args.lanczos_maxiter, "gram_steps": args.gram_steps,
-                        "dense_chunk": args.dense_chunk}
+                        "lanczos_maxiter": args.lanczos_maxiter}
                 res = run_worker(spec, args.timeout)
                 entry["checks"][check] = res
                 brief = res.get("error") or res.get("skipped") or f"{fmt_ms(res.get('time'))} ms"
@@ -512,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
               f"-- {c['last_line']}", flush=True)
     payload["summary"] = summary_rows(payload["results"])
     payload["markdown_table"] = markdown_table(payload["summary"])
-    payload["machine"]["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    payload["machine"].update(loadavg_end=os.getloadavg(),
+                              finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_json_atomic(args.out, payload)
     print()
     print(payload["markdown_table"])

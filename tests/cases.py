@@ -1,7 +1,7 @@
 """Shared cases of the unit tests: tiny, seeded problems, models and data (float64 unless a test asks otherwise).
 
-- ``TINY_VIT``: a ViT classifier on flat 1x8x8 images (the theorem engine's ViT); ``build_problem`` and
-  ``build_vit_problem`` bind an MLP or TINY_VIT to a synthetic task.
+- ``TINY_VIT``: a ViT classifier on flat 1x8x8 images (the theorem engine's ViT), ``MICRO_VIT`` the same at
+  P = 103; ``build_problem`` and ``build_vit_problem`` bind an MLP or a ViT to a synthetic task.
 - ``TINY_ENCODER``: a 3-channel 8x8 ViT encoder without head (the vision experiments' encoder);
   ``tiny_encoder`` / ``tiny_model`` / ``tiny_data`` / ``write_image_folder`` build what those tests need.
 """
@@ -19,6 +19,9 @@ from tvtheory.problem import make_problem
 # A tiny ViT classifier: 1x8x8 images in 4x4 patches, dim 8, one block, 2 heads, 3 classes (P = 827).
 TINY_VIT = ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16, num_classes=3, channels=1)
 
+# The same at dim 2 (one head, mlp_dim 2): P = 103, under the size where hessian_norm(method="auto") is dense.
+MICRO_VIT = ViTConfig(image_size=8, patch_size=4, dim=2, depth=1, heads=1, mlp_dim=2, num_classes=3, channels=1)
+
 # A tiny ViT encoder for the vision pipeline: 3x8x8 images, dim 16, one block, no head.
 TINY_ENCODER = ViTConfig(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32, num_classes=0)
 
@@ -30,10 +33,11 @@ def build_problem(widths=(4, 6, 3), activation="tanh", loss="ce", n=48, batches=
     return make_problem(make_mlp(widths, activation, seed=seed, dtype=dtype), loss, data, batches, seed)
 
 
-def build_vit_problem(loss="ce", n=32, batches=1, seed=0, dtype=torch.float64):
-    """A synthetic task on flat 1x8x8 images (64 Gaussian features, linear teacher) bound to TINY_VIT."""
-    data = synthetic(n, 64, TINY_VIT.num_classes, seed, dtype)
-    return make_problem(make_vit(TINY_VIT, seed=seed, dtype=dtype), loss, data, batches, seed)
+def build_vit_problem(loss="ce", n=32, batches=1, seed=0, dtype=torch.float64, config=TINY_VIT):
+    """A synthetic task on flat 1x8x8 images (64 Gaussian features, linear teacher) bound to TINY_VIT (or
+    another 1x8x8 ``config`` such as MICRO_VIT)."""
+    data = synthetic(n, 64, config.num_classes, seed, dtype)
+    return make_problem(make_vit(config, seed=seed, dtype=dtype), loss, data, batches, seed)
 
 
 def tiny_encoder(seed: int = 0, dtype=torch.float64) -> ViT:

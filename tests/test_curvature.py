@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from cases import MICRO_VIT
 
 import tvtheory.curvature as curvature
 from tvtheory.curvature import (
@@ -100,6 +101,75 @@ def test_dense_hessian_is_exactly_symmetric_and_matches_autograd(small_problem):
     assert float(torch.linalg.matrix_norm(H - ref, 2)) <= 16 * U64 * float(torch.linalg.matrix_norm(H, 2))
 
 
+def _layer_norm_problem():
+    """f(p) = sum layer_norm(x * p[:4], weight=p[4:])^3: a LayerNorm whose input and weight both depend on the
+    parameters (as in a ViT), the smallest function on which torch.func.hessian is wrong in torch 2.13."""
+    x = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = torch.randn(8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def f(p):
+        return torch.nn.functional.layer_norm(x * p[:4], (4,), p[4:], None, 1e-5).pow(3).sum()
+
+    return f, w
+
+
+def _assert_columns_are_central_differences(f, theta, H, columns):
+    """Column i of H is d grad f / d theta_i: central differences of the gradient along e_i converge to it at
+    second order (a wrong column leaves an error that does not shrink)."""
+    for i in columns:
+        e = torch.zeros_like(theta)
+        e[i] = 1.0
+        _assert_second_order_convergence(_fd_errors(lambda h, e=e: gradient(f, theta + h * e), H[:, i], HS))
+
+
+def test_dense_hessian_of_layer_norm_matches_central_differences():
+    f, w = _layer_norm_problem()
+    _assert_columns_are_central_differences(f, w, dense_hessian(f, w), range(8))
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="upstream torch bug (2.13): torch.func.hessian (jacfwd(jacrev)) drops part of layer_norm's "
+                          "input x weight second derivative; when this starts passing, torch is fixed")
+def test_upstream_torch_func_hessian_of_layer_norm_matches_central_differences():
+    """The minimal reproduction of the upstream error (docs/performance.md): the same check as above, on
+    torch.func.hessian. It fails (xfail) while the bug is there; strict, so a fixed torch makes it an error."""
+    f, w = _layer_norm_problem()
+    _assert_columns_are_central_differences(f, w, torch.func.hessian(f)(w), range(8))
+
+
+def test_dense_hessian_of_a_vit_matches_central_differences(make_vit_problem):
+    """TINY_VIT (P = 827): the LayerNorm-weight columns (where torch.func.hessian is off by 10-40 %), a few
+    others, and H v = the directional derivative of the gradient for random v."""
+    p = make_vit_problem()
+    f, theta = p.objective, p.theta0
+    H = dense_hessian(f, theta)
+    slices = f.layout.slices()
+    norm_weights = [i for name, sl in slices.items() if "norm" in name and name.endswith("weight")
+                    for i in range(sl.start, sl.stop)]
+    others = torch.randperm(theta.numel(), generator=torch.Generator().manual_seed(0))[:6].tolist()
+    _assert_columns_are_central_differences(f, theta, H, norm_weights[::3] + others)
+    for seed in range(2):
+        v = _unit(theta.numel(), seed)
+        _assert_second_order_convergence(_fd_errors(lambda h, v=v: gradient(f, theta + h * v), H @ v, HS))
+        assert float(torch.linalg.vector_norm(hvp(f, theta, v) - H @ v)) <= 16 * U64 * float(
+            torch.linalg.matrix_norm(H, 2))
+
+
+def test_hessian_norm_auto_is_right_on_a_small_vit(make_vit_problem):
+    """MICRO_VIT (P = 103 <= 200: "auto" is dense): equal to Lanczos at tol 1e-12 (a lower estimate) to 1e-10,
+    where the torch.func.hessian value it used to take is off by more than 1e-5."""
+    p = make_vit_problem(config=MICRO_VIT)
+    f, theta = p.objective, p.theta0
+    assert theta.numel() == 103
+    auto = hessian_norm(f, theta)
+    lanczos = hessian_norm(f, theta, method="lanczos", tol=1e-12).value
+    assert auto.method == "dense" and lanczos <= auto.value * (1 + 1e-12)
+    assert abs(auto.value - lanczos) <= 1e-10 * auto.value
+    h = torch.func.hessian(f)(theta)
+    wrong = float(torch.linalg.eigvalsh(0.5 * (h + h.T)).abs().max())
+    assert abs(wrong - lanczos) > 1e-5 * lanczos          # the check can fail: the old dense value fails it
+
+
 def test_dense_hessian_refuses_large_p(small_problem):
     f, theta = small_problem.objective, small_problem.theta0
     with pytest.raises(ValueError, match=r"refusing to materialise a 51 x 51 Hessian \(P = 51 > max_params = 50\)") \
@@ -135,6 +205,17 @@ def test_hessian_operator_matvec(small_problem):
         for out in (op.matvec(v.numpy()), op.matvec(v.numpy()[:, None]).reshape(-1)):
             assert out.shape == (51,)
             assert np.linalg.norm(out - ref) <= 16 * U64 * norm_h
+
+
+def test_hessian_operator_matmat_batches_the_products(small_problem):
+    """matmat (vmapped products, DENSE_CHUNK columns a pass) equals H M for 40 columns (two batches)."""
+    f, theta = small_problem.objective, small_problem.theta0
+    H = dense_hessian(f, theta)
+    M = torch.randn(51, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = hessian_operator(f, theta).matmat(M.numpy())
+    assert out.shape == (51, 40) and curvature.DENSE_CHUNK < 40
+    assert np.linalg.norm(out - (H @ M).numpy()) <= 16 * U64 * float(torch.linalg.matrix_norm(H, 2)) * float(
+        torch.linalg.matrix_norm(M))
 
 
 @pytest.mark.parametrize("p", [5, 250])

@@ -3,21 +3,9 @@ eigenvalue: lambda_hat of ``sharpness`` (power iteration on Hessian-vector produ
 and the exact spectrum of the Hessian of the mean cross-entropy, float64, on a frozen-head ViT small enough
 (P = 400) for a dense Hessian and ``torch.linalg.eigh``.
 
-The dense Hessian is ``torch.autograd.functional.hessian`` (reverse-over-reverse, one backward per row, no
-vmap), not ``tvtheory.curvature.dense_hessian`` (``torch.func.hessian``): in torch 2.13 the vmap rule of
-``layer_norm``'s double backward drops part of the input x weight cross term, so every vmap-built Hessian of
-a network with a learnable LayerNorm weight after a parameter-dependent input (the ViT) is wrong, by 10-20 %
-here; ``test_vmapped_hessians_of_layer_norm_are_wrong_in_this_torch`` shows it on a 2-line function. The
-oracle is checked against forward-over-reverse products (``tvtheory.curvature.hvp``), another AD mode.
-
-The bound checked (symmetric H = sum_i lambda_i u_i u_i^T, |lambda_1| > |lambda_2| >= ..., unit start v_0 with
-c_i = u_i . v_0): after k products v_k = H^k v_0 / ||H^k v_0|| and
-    R_k - lambda_1 = sum_{i>1} c_i^2 lambda_i^{2k} (lambda_i - lambda_1) / sum_i c_i^2 lambda_i^{2k},
-and |lambda_i - lambda_1| <= 2 |lambda_1|, so
-    |R_k - lambda_1| <= 2 |lambda_1| tan^2(theta_0) rho^{2k},   tan^2(theta_0) = (1 - c_1^2) / c_1^2,
-    rho = |lambda_2| / |lambda_1|:
-the Rayleigh quotient's error shrinks like rho^(2k). ``sharpness`` records R_0 .. R_{t-1} for t iterations and
-returns |R_{t-1}|, which is also <= max |lambda_i| whatever k (a Rayleigh quotient lies in [lambda_min, lambda_max]).
+The dense Hessian is ``tvtheory.curvature.dense_hessian`` (double-backward columns, correct through LayerNorm;
+``torch.func.hessian`` is not, see ``tests/test_curvature.py``), checked against forward-over-reverse products
+``jvp(grad(f))``, another AD mode.
 """
 
 from __future__ import annotations
@@ -29,7 +17,7 @@ import pytest
 import torch
 from cases import TINY_ENCODER, tiny_data
 
-from tvtheory.curvature import hvp
+from tvtheory.curvature import dense_hessian
 from tvtheory.experiments.dist import DistContext
 from tvtheory.experiments.errors import VisionError
 from tvtheory.experiments.probe import FrozenHeadClassifier
@@ -70,12 +58,12 @@ def spectrum():
     theta = flat_params(model)
     assert theta.numel() == 400 and theta.dtype == torch.float64
     f = Objective(model, get_loss("ce"), x, y)
-    h = torch.autograd.functional.hessian(f, theta)
-    h = 0.5 * (h + h.T)
+    h = dense_hessian(f, theta)
     g = torch.Generator().manual_seed(7)
     for _ in range(3):                              # two AD modes agree to rounding (module docstring)
         v = torch.randn(theta.numel(), generator=g, dtype=torch.float64)
-        assert float((h @ v - hvp(f, theta, v)).norm()) <= 1e-12 * float((h @ v).norm())
+        forward_over_reverse = torch.func.jvp(torch.func.grad(f), (theta,), (v,))[1]
+        assert float((h @ v - forward_over_reverse).norm()) <= 1e-12 * float((h @ v).norm())
     evals, evecs = torch.linalg.eigh(h)
     order = torch.argsort(evals.abs(), descending=True)
     # the start vector, drawn as sharpness draws it (subset = N: every example, then v_0); the test below checks
@@ -134,20 +122,3 @@ def test_learning_rate_is_c_over_lambda_and_refuses_a_flat_or_broken_estimate():
             learning_rate(lam, 1.0)
         assert isinstance(e.value, ValueError) and "--lr-gd" in str(e.value)
 
-
-def test_vmapped_hessians_of_layer_norm_are_wrong_in_this_torch():
-    """Why the oracle above is not torch.func.hessian: f(w) = sum layer_norm(x * a, weight=b)^3, w = (a, b).
-    jacrev(jacrev(f)) (vmap) disagrees with one jvp of the gradient per basis vector by ~25 %; the same function
-    with the LayerNorm written out, or with only the weight or only the input depending on w, agrees to 1e-15.
-    When a torch upgrade fixes it, this test fails: then ``tvtheory.curvature.dense_hessian`` is right for the
-    ViT again and the oracle may go back to it."""
-    x = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    w = torch.randn(8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-
-    def f(p):
-        return torch.nn.functional.layer_norm(x * p[:4], (4,), p[4:], None, 1e-5).pow(3).sum()
-
-    rows = torch.stack([hvp(f, w, e) for e in torch.eye(8, dtype=torch.float64)])
-    vmapped = torch.func.jacrev(torch.func.jacrev(f))(w)
-    assert float((rows - torch.autograd.functional.hessian(f, w)).norm()) <= 1e-13 * float(rows.norm())
-    assert float((vmapped - rows).norm()) > 0.05 * float(rows.norm())

@@ -4,8 +4,11 @@
 standard model of IEEE double arithmetic with gradual underflow (every +, -, *, /, sqrt correctly rounded,
 an FMA counting as one rounding, sums in any order), not only up to "the usual backward error". Power
 iteration or Lanczos alone would give a LOWER estimate; the Cholesky step below is what certifies the
-upper bound. Cost: one GEMM (2 K k^2 flops), one Cholesky (k^3 / 3), and a cheap estimate of
-lambda_max (eigvalsh for k <= 256, else a few Lanczos steps), where k = min(m, n), K = max(m, n).
+upper bound. Cost: one SYRK (K k^2 flops: the lower triangle of the Gram matrix), one Cholesky (k^3 / 3),
+and a cheap estimate of lambda_max (eigvalsh for k <= 256, else Lanczos steps until the Ritz residual is
+below the margin), where k = min(m, n), K = max(m, n). All of it is numpy/LAPACK under ``blas_threads()``
+(``BLAS_THREADS`` threads, measured fastest: benchmarks/bench_curvature.py, check ``blas``): at the T4
+bound's shapes OpenBLAS's SYRK and Cholesky run 2.5x faster than torch's GEMM and Cholesky on this machine.
 
 Notation: u = 2^-53, eta = 2^-1075 (half the smallest subnormal: the largest error of a rounding that
 underflows), gamma_j = j u / (1 - j u) (Higham, ASNA, Lemma 3.1). All scalar arithmetic on the bound is
@@ -19,7 +22,8 @@ The bound and why it holds (W is m x n, float32 or float64; float32 converts to 
    Nothing below can overflow (|ws_ij| < 1), and ||ws||_2 >= max|ws_ij| >= 1/2, so every absolute
    underflow term below (multiples of eta ~ 2.5e-324) is negligible next to the quantities it is added to.
 1. Gram matrix. G = ws^T ws (or ws ws^T, the k x k side; K is the inner dimension), Gh = fl(G) by one
-   GEMM, symmetrised from its lower triangle (Gs). Each entry is an inner product of length K, so
+   SYRK (BLAS dsyrk: the lower triangle), symmetrised from its lower triangle (Gs). Each entry is an inner
+   product of length K, so
    (Higham Thm 3.5, plus eta per product that underflows, amplified by at most (1 + u)^K <= 2):
        |Gs - G| <= gamma_K |ws|^T |ws| + 2 K eta 1 1^T   entrywise.
    For symmetric E with |E| <= F entrywise, ||E||_2 <= ||F||_2; || |ws|^T |ws| ||_2 = || |ws| ||_2^2 <=
@@ -57,17 +61,23 @@ when the Frobenius bound is already below mu (nearly rank-one W: then it is retu
 with ``relative_margin`` as returned (margin / theta: rel_margin 1000^(attempts - 1), or the Lanczos
 residual's share). For k <= 1024, K <= 10^6 and the default rel_margin = 1e-9 that is s / ||W||_2 - 1 < 3e-7.
 
-This is a candidate replacement for the SVD in ``tvtheory.bounds.layer_norms`` (timed against it by
-benchmarks/bench_curvature.py, check ``t4_gram``); the bounds do not use it yet.
+``tvtheory.bounds.layer_norms`` takes its s_l from here (benchmarks/bench_curvature.py times it against
+the SVD it replaced, check ``t4``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cache
 
+import numpy as np
 import torch
+from scipy.linalg import blas, eigh_tridiagonal, eigvalsh, lapack
+from threadpoolctl import ThreadpoolController
 
 #: unit roundoff of float64 (round to nearest) and half the smallest subnormal, exactly
 U = Fraction(1, 2 ** 53)
@@ -75,6 +85,23 @@ ETA = Fraction(1, 2 ** 1075)
 #: the estimate of lambda_max(G) is eigvalsh up to this k, Lanczos above
 EIGVALSH_MAX = 256
 MAX_ATTEMPTS = 8
+#: BLAS threads of every numpy/scipy call of the library (this module's, and ARPACK's in tvtheory.curvature):
+#: measured fastest on the 2-core machine of docs/performance.md (SYRK 13 vs 10-24 ms, Lanczos 3.3 vs 8.2 s
+#: at P = 1e5 with the default two OpenBLAS threads; the benchmark's check ``blas`` measures it again)
+BLAS_THREADS = 1
+
+
+@cache
+def _threadpools() -> ThreadpoolController:
+    """The BLAS/OpenMP libraries loaded now (numpy's and scipy's OpenBLAS): found once, limited cheaply."""
+    return ThreadpoolController()
+
+
+@contextmanager
+def blas_threads() -> Iterator[None]:
+    """Run numpy/scipy BLAS and LAPACK calls with ``BLAS_THREADS`` threads (torch's own threads unchanged)."""
+    with _threadpools().limit(limits=BLAS_THREADS, user_api="blas"):
+        yield
 
 
 @dataclass(frozen=True)
@@ -97,6 +124,7 @@ class SpectralNormBound:
     relative_margin: float
 
 
+@cache
 def gamma(j: int) -> Fraction:
     """gamma_j = j u / (1 - j u) for float64, exactly."""
     if j * U >= 1:
@@ -122,60 +150,75 @@ def _sqrt_up(x: Fraction) -> float:
     return s if Fraction(s) ** 2 >= Fraction(f) else math.nextafter(s, math.inf)
 
 
-def _times_power_of_two(w: torch.Tensor, p: int) -> torch.Tensor:
+def _times_power_of_two(w: np.ndarray, p: int) -> np.ndarray:
     """fl(w 2^p), by products with exact powers of two (two when 2^p itself would overflow).
 
-    Exact but for results that underflow (each off by at most eta). (torch.ldexp forms 2^p first and
-    overflows for p > 1023.)
+    Exact but for results that underflow (each off by at most eta). (ldexp-style scaling by one factor
+    2^p overflows for p > 1023.)
     """
     if p > 1000:
         return (w * 2.0 ** (p // 2)) * 2.0 ** (p - p // 2)
     return w * 2.0 ** p
 
 
-def _lanczos_top(G: torch.Tensor, steps: int, seed: int = 0) -> tuple[float, float]:
-    """Largest Ritz value of symmetric G after ``steps`` Lanczos steps (full reorthogonalisation), and the
-    residual norm of its Ritz vector. An estimate of lambda_max(G) (from below), not a bound.
+def _gram_lower(ws: np.ndarray) -> np.ndarray:
+    """Gh = fl(ws^T ws) if m >= n else fl(ws ws^T), the k x k side, by one BLAS dsyrk: the lower triangle
+    (the strict upper triangle is 0). ws.T is Fortran-ordered, so no copy is made.
+    """
+    m, n = ws.shape
+    return blas.dsyrk(1.0, ws.T, trans=0 if m >= n else 1, lower=1)
+
+
+def _lanczos_top(G: np.ndarray, steps: int, rel_tol: float, seed: int = 0) -> tuple[float, float]:
+    """Largest Ritz value of symmetric G after at most ``steps`` Lanczos steps (full reorthogonalisation,
+    twice), and the residual norm of its Ritz vector; it stops early once that residual is <= rel_tol times
+    the Ritz value (checked every 8 steps). An estimate of lambda_max(G) (from below), not a bound.
     """
     k = G.shape[0]
     steps = max(1, min(steps, k))
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(k, generator=gen, dtype=G.dtype).to(G.device)
-    Q = torch.empty(steps, k, dtype=G.dtype, device=G.device)
-    alpha = torch.empty(steps, dtype=G.dtype, device=G.device)
-    beta = torch.zeros(steps, dtype=G.dtype, device=G.device)
-    q = q / torch.linalg.vector_norm(q)
-    m = steps
+    q = np.asarray(np.random.default_rng(seed).standard_normal(k))
+    q = q / float(np.linalg.norm(q))
+    Q = np.empty((steps, k))
+    alpha, beta = np.empty(steps), np.zeros(steps)
+
+    def top(m: int, b: float) -> tuple[float, float]:
+        if m == 1:
+            return float(alpha[0]), abs(b)
+        evals, evecs = eigh_tridiagonal(alpha[:m], beta[:m - 1])
+        return float(evals[-1]), abs(b * float(evecs[-1, -1]))
+
     for j in range(steps):
         Q[j] = q
         w = G @ q
         alpha[j] = q @ w
-        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)          # full reorthogonalisation (twice is enough)
-        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
-        b = torch.linalg.vector_norm(w)
+        basis = Q[: j + 1]
+        w -= basis.T @ (basis @ w)
+        w -= basis.T @ (basis @ w)
+        b = float(np.linalg.norm(w))
+        if b <= 1e-14 * float(np.abs(alpha[: j + 1]).max()):       # invariant subspace found
+            return top(j + 1, 0.0)[0], 0.0
+        if j + 1 == steps or (j + 1) % 8 == 0:
+            theta, resid = top(j + 1, b)
+            if j + 1 == steps or resid <= rel_tol * theta:
+                return theta, resid
         beta[j] = b
-        if j + 1 < steps:
-            if b <= 1e-14 * float(alpha[: j + 1].abs().max()):   # invariant subspace found
-                m = j + 1
-                break
-            q = w / b
-    T = torch.diag(alpha[:m]) + torch.diag(beta[: m - 1], 1) + torch.diag(beta[: m - 1], -1)
-    evals, evecs = torch.linalg.eigh(T.cpu())
-    resid = float(beta[m - 1] * evecs[-1, -1].abs()) if m == steps else 0.0
-    return float(evals[-1]), resid
+        q = w / b
+    raise AssertionError("unreachable: the loop returns at its last step")
 
 
-def certified_lambda_max(Gs: torch.Tensor, mu: float) -> Fraction | None:
+def certified_lambda_max(Gs: np.ndarray, mu: float) -> Fraction | None:
     """An upper bound on lambda_max(Gs) (Gs symmetric float64, k x k) certified by the Cholesky factorisation
-    of fl(mu I - Gs), steps 3-4 of the module docstring, bound (4); None when the factorisation fails.
+    of fl(mu I - Gs) (LAPACK dpotrf), steps 3-4 of the module docstring, bound (4); None when it fails.
+
+    Call it under ``blas_threads()`` for speed, as ``spectral_norm_upper`` does.
     """
     k = Gs.shape[0]
     A = -Gs
-    A.diagonal().add_(mu)                       # A_ii = fl(mu - Gs_ii), (3)
-    R, info = torch.linalg.cholesky_ex(A)
-    if int(info) != 0:
-        return None
+    A[np.diag_indices(k)] += mu                 # A_ii = fl(mu - Gs_ii), (3)
     diag = A.diagonal().tolist()
+    R, info = lapack.dpotrf(A.T, lower=1, clean=0, overwrite_a=1)    # A.T = A, Fortran-ordered: no copy
+    if info != 0:
+        return None
     trace = Fraction(math.nextafter(math.fsum(diag), math.inf))
     r_max = Fraction(float(R.diagonal().max()))
     k_u = 2 * k * ETA * (k + r_max)
@@ -183,11 +226,12 @@ def certified_lambda_max(Gs: torch.Tensor, mu: float) -> Fraction | None:
     return Fraction(mu) + U * Fraction(max(abs(d) for d in diag)) + g * (trace + k_u) / (1 - g) + k_u     # (4)
 
 
-def spectral_norm_upper(w: torch.Tensor, *, steps: int = 64, rel_margin: float = 1e-9) -> SpectralNormBound:
+def spectral_norm_upper(w: torch.Tensor, *, steps: int = 128, rel_margin: float = 1e-9) -> SpectralNormBound:
     """A certified upper bound s >= ||w||_2 of a 2-D floating-point tensor (see the module docstring).
 
-    ``steps``: Lanczos steps of the estimate of lambda_max when min(m, n) > 256; ``rel_margin``: the first
-    shift above that estimate, relative. Neither affects the rigour of the bound, only its tightness.
+    ``steps``: the most Lanczos steps of the estimate of lambda_max when min(m, n) > 256 (it stops when the
+    Ritz residual is below rel_margin / 2); ``rel_margin``: the first shift above that estimate, relative.
+    Neither affects the rigour of the bound, only its tightness and cost.
     """
     if w.dim() != 2:
         raise ValueError(f"spectral_norm_upper needs a matrix (2-D tensor), got shape {tuple(w.shape)}")
@@ -195,24 +239,31 @@ def spectral_norm_upper(w: torch.Tensor, *, steps: int = 64, rel_margin: float =
         raise ValueError(f"spectral_norm_upper needs a floating-point matrix, got {w.dtype}; convert it first")
     if not rel_margin > 0:
         raise ValueError(f"rel_margin must be > 0, got {rel_margin}")
-    w = w.detach().to(torch.float64)               # exact for float16, bfloat16, float32
-    m, n = w.shape
-    if w.numel() == 0:
+    a = w.detach().to(torch.float64).cpu().numpy()   # exact for float16, bfloat16, float32
+    with blas_threads():
+        return _spectral_norm_upper(a, steps, rel_margin)
+
+
+def _spectral_norm_upper(a: np.ndarray, steps: int, rel_margin: float) -> SpectralNormBound:
+    """``spectral_norm_upper`` of a float64 array, its arguments checked."""
+    m, n = a.shape
+    if a.size == 0:
         return SpectralNormBound(0.0, "zero", 0, 0.0)
-    absmax = float(w.abs().max())
-    if bool(torch.isnan(w).any()):
+    if np.isnan(a).any():
         return SpectralNormBound(math.nan, "non-finite", 0, 0.0)
+    absmax = float(np.abs(a).max())
     if math.isinf(absmax):
         return SpectralNormBound(math.inf, "non-finite", 0, 0.0)
     if absmax == 0.0:
         return SpectralNormBound(0.0, "zero", 0, 0.0)
     e = math.frexp(absmax)[1]                      # absmax = f 2^e, f in [1/2, 1)
-    ws = _times_power_of_two(w, -e)
+    ws = _times_power_of_two(a, -e)
     k, K = min(m, n), max(m, n)
-    G = ws.T @ ws if m >= n else ws @ ws.T
-    fro = (Fraction(float((ws * ws).sum())) + m * n * ETA) / (1 - gamma(m * n))              # (2)
-    gram_err = gamma(K) * fro + 2 * k * K * ETA                                                # (1)
-    scale_err = (math.isqrt(m * n) + 1) * ETA                                                  # (0)
+    flat = ws.reshape(-1)
+    lower = _gram_lower(ws)
+    fro = (Fraction(float(flat @ flat)) + m * n * ETA) / (1 - gamma(m * n))                # (2)
+    gram_err = gamma(K) * fro + 2 * k * K * ETA                                            # (1)
+    scale_err = (math.isqrt(m * n) + 1) * ETA                                              # (0)
 
     def result(lambda_up: Fraction, method: str, attempts: int, relative_margin: float) -> SpectralNormBound:
         s = Fraction(_sqrt_up(lambda_up)) + scale_err
@@ -220,13 +271,12 @@ def spectral_norm_upper(w: torch.Tensor, *, steps: int = 64, rel_margin: float =
         return SpectralNormBound(_up(s * Fraction(2) ** e), method, attempts, relative_margin)
 
     if k == 1:                                      # G is the number ||ws||^2 itself
-        return result(Fraction(float(G[0, 0])) + gram_err, "gram-1x1", 0, 0.0)
-    lower = torch.tril(G)
-    Gs = lower + torch.tril(lower, -1).T            # symmetric, from the lower triangle
+        return result(Fraction(float(lower[0, 0])) + gram_err, "gram-1x1", 0, 0.0)
+    Gs = lower + np.tril(lower, -1).T               # symmetric, from the lower triangle
     if k <= EIGVALSH_MAX:
-        theta, resid = float(torch.linalg.eigvalsh(Gs)[-1]), 0.0
+        theta, resid = float(eigvalsh(Gs, subset_by_index=[k - 1, k - 1])[0]), 0.0
     else:
-        theta, resid = _lanczos_top(Gs, steps)
+        theta, resid = _lanczos_top(Gs, steps, rel_margin / 2)
     theta = max(theta, 0.0)
     margin = max(2.0 * resid, rel_margin * theta, 1e-300)
     attempts = 0
