@@ -5,7 +5,7 @@ Left: for k = 1..K epochs of full-batch GD, ||E_k|| = ||tau_k + k eta g||, the s
 (M_j from T4). Right: ||R|| = ||tau - first - second order|| against eta on log-log axes, for GD after k
 epochs (T2(a)) and for one epoch of B-batch SGD (T3), eta = eta_max / 2^i from the asymptotic regime
 eta_max ||H|| k = 0.1; the fitted slopes (expected 3) are printed on the plot.
-All numbers come from tvtheory (epoch_rows, remainder_slope), not re-derived here.
+All numbers come from tvtheory (epoch_rows, resolved_slope), not re-derived here.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _problem(config: dict):
 def compute(config: dict, bar) -> dict:
     from tvtheory.curvature import hessian_norm
     from tvtheory.optimizers import OptimizerSpec
-    from tvtheory.remainder import RESOLVED_FACTOR, asymptotic_eta, remainder_slope
+    from tvtheory.remainder import RESOLVED_FACTOR, resolved_slope
     from tvtheory.table import epoch_rows
     from tvtheory.trajectory import gradient_descent
 
@@ -66,8 +66,8 @@ def compute(config: dict, bar) -> dict:
               (f"T3: SGD, 1 epoch of B = {B:d} batches", "T3", problem.with_batches(B, config["seed"]), 1, B)]
     points, fits = [], []
     for label, statement, p, epochs, batches in series:
-        eta_max = min(lr, asymptotic_eta(h0, epochs * batches))       # as verify_t2 / verify_t3 choose it
-        fit = remainder_slope(p, eta_max, epochs, config["halvings"])
+        fit = resolved_slope(p, lr, h0, epochs, config["halvings"])     # the grid verify_t2 / verify_t3 use
+        eta_max = fit["grid"]["eta_max"]
         bar.update()
         for q in fit["points"]:
             points.append({"series": statement, "eta": q["eta"], "remainder": q["remainder"],

@@ -13,7 +13,14 @@ import torch
 
 from tvtheory.curvature import gradient, hvp
 from tvtheory.expansion import quadratic_series
-from tvtheory.remainder import RESOLVED_FACTOR, asymptotic_eta, loglog_slope, remainder_points, remainder_slope
+from tvtheory.remainder import (
+    RESOLVED_FACTOR,
+    asymptotic_eta,
+    loglog_slope,
+    remainder_points,
+    remainder_slope,
+    resolved_slope,
+)
 
 U64 = 2.0 ** -53
 
@@ -56,3 +63,33 @@ def test_remainders_below_rounding_are_not_fitted(small_problem):
     result = remainder_slope(small_problem, 1e-9, 2, halvings=3)
     assert all(p["remainder"] <= RESOLVED_FACTOR * p["allowance"] for p in result["points"])
     assert result["resolved"] == 0 and math.isnan(result["slope"])
+
+
+def test_resolved_slope_raises_the_grid_from_a_small_lr(small_problem):
+    """At lr = 1e-9 the user's own grid resolves nothing; the grid is raised (by doublings, up to the asymptotic
+    limit) until it does, and says so."""
+    h = 2.0
+    result = resolved_slope(small_problem, 1e-9, h, 2)
+    grid = result["grid"]
+    assert grid["raised"] and grid["resolvable"] and grid["lr"] == 1e-9
+    assert 1e-9 < grid["eta_max"] <= asymptotic_eta(h, 2) == grid["cap"]
+    assert [p["eta"] for p in result["points"]] == [grid["eta_max"] / 2 ** i for i in range(6)]
+    assert result["resolved"] >= 3 and result["slope"] == pytest.approx(3.0, abs=0.1)
+    # the top was raised no further than needed: half of it resolved too few remainders
+    below = remainder_slope(small_problem, grid["eta_max"] / 2, 2)
+    assert below["resolved"] < 3
+
+
+def test_resolved_slope_keeps_a_resolvable_lr_and_caps_a_large_one(small_problem):
+    h = 2.0
+    small = resolved_slope(small_problem, asymptotic_eta(h, 2) / 4, h, 2)
+    assert not small["grid"]["raised"] and small["grid"]["eta_max"] == asymptotic_eta(h, 2) / 4
+    large = resolved_slope(small_problem, 10.0, h, 2)
+    assert not large["grid"]["raised"] and large["grid"]["eta_max"] == asymptotic_eta(h, 2)
+
+
+def test_resolved_slope_says_not_resolvable_when_no_grid_can_resolve(small_problem):
+    """A (claimed) huge ||H|| puts the asymptotic limit where every remainder is rounding: not resolvable,
+    slope NaN, rather than a slope to fail on."""
+    result = resolved_slope(small_problem, 0.1, 1e12, 2)
+    assert not result["grid"]["resolvable"] and result["resolved"] < 3 and math.isnan(result["slope"])

@@ -17,7 +17,7 @@ def test_row_keys_are_the_json_schema():
     """The JSON report's "epochs" entries (README's schema) are exactly these keys, in this order."""
     assert list(EpochRow.__annotations__) == [
         "k", "tau_norm", "first_order_norm", "error_norm", "second_order_norm", "second_order_residual_norm",
-        "bound", "bound_ratio", "cos_tau_neg_g", "dominance", "rounding_allowance"]
+        "bound", "bound_ratio", "cos_tau_neg_g", "dominance", "rounding_allowance", "error_resolved"]
 
 
 def test_epoch_rows_refuses_a_trajectory_with_other_batches(make_small_problem):
@@ -63,6 +63,7 @@ def test_epoch_rows_of_a_vit_have_the_second_order_term_but_no_bound(make_vit_pr
     for r in rows:
         assert set(r) == ROW_KEYS
         assert r["bound"] is None and r["bound_ratio"] is None and r["dominance"] is None
-        assert r["rounding_allowance"] is None
+        assert r["rounding_allowance"] > 0        # the GD rounding model applies to any network
+    assert rows[0]["error_resolved"] is False and all(r["error_resolved"] for r in rows[1:])
     for r in rows[1:]:
         assert r["second_order_residual_norm"] < 0.25 * r["error_norm"]   # the second-order term explains E_k

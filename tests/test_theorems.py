@@ -71,6 +71,19 @@ def test_verify_c1_fails_for_a_wrong_learning_rate_claim(small_problem, monkeypa
     assert verify_c1(p, 0.1, tasks).holds is False
 
 
+def test_verify_c1_judges_the_merge_against_one_multitask_step(small_problem, monkeypatch):
+    """The alpha = 1/T merge is judged against one multitask GD step (autograd of L_MT) with its model: a
+    multitask gradient off by a relative 1e-3 (as from a wrong alpha or a wrong task weighting) fails it."""
+    p = small_problem
+    tasks = split_by_label(p.data, 2)
+    ok = verify_c1(p, 0.1, tasks)
+    assert ok.holds and 0 < ok.details["merge_gap"]["ratio"] <= 1
+    real = theorems.gradient
+    monkeypatch.setattr(theorems, "gradient", lambda f, theta: real(f, theta) * (1 + 1e-3))
+    off = verify_c1(p, 0.1, tasks)
+    assert off.holds is False and off.details["check"]["holds"] and not off.details["merge_gap"]["holds"]
+
+
 def test_verify_t4_holds_and_reports_tightness(small_problem):
     p = small_problem
     traj = gradient_descent(p.objective, p.theta0, 0.5, 3)
@@ -108,6 +121,23 @@ def test_verify_t2_and_t3_hold_on_a_small_problem(small_problem):
     assert t3.details["epoch"]["error_norm"] <= t3.details["epoch"]["bound"]
 
 
+@pytest.mark.parametrize("lr", [1e-7, 1e-4])
+def test_small_learning_rates_do_not_fail_the_slope_checks(small_problem, lr):
+    """At a small lr the remainders at lr are rounding; the grid is raised until they are resolved."""
+    for v in (verify_t2(small_problem, lr, 3), verify_t3(small_problem, lr, 4)):
+        assert v.holds is True and v.details["slope_holds"] is True, v.message
+        assert v.details["slope"]["grid"]["raised"] and "grid raised from lr" in v.message
+
+
+def test_an_unresolvable_slope_is_not_judged(small_problem):
+    """With a (claimed) ||H|| so large that no grid resolves the remainders, (a) is "not resolvable": the
+    verdict rests on the bound alone (still judged), instead of failing on a NaN slope."""
+    for v in (verify_t2(small_problem, 0.1, 3, hessian_norm=1e12),
+              verify_t3(small_problem, 0.1, 4, hessian_norm=1e12)):
+        assert v.details["slope_holds"] is None and "not resolvable" in v.message
+        assert v.holds is v.details["bound_holds"] is True
+
+
 def test_verify_t2_reports_t2b_as_proven_by_the_suite_without_rerunning_it(small_problem, monkeypatch):
     """T2(b) does not depend on the problem: the verdict carries the fixed statement naming the test of
     verification/ that proves it, and no sympy proof runs per call."""
@@ -119,7 +149,7 @@ def test_verify_t2_reports_t2b_as_proven_by_the_suite_without_rerunning_it(small
     monkeypatch.setattr(symbolic, "prove_quadratic_series", not_per_call)
     v = verify_t2(small_problem, 0.1, 2)
     assert v.holds is True and v.details["quadratic_series"] == QUADRATIC_SERIES
-    assert "(b) quadratic series proven symbolically by pytest verification/" in v.message
+    assert "(b) quadratic series: a library property, proven symbolically by pytest verification/" in v.message
 
 
 def test_the_test_named_for_t2b_exists_and_runs_the_proof():

@@ -167,6 +167,26 @@ def check_t1(theta0: torch.Tensor, theta1: torch.Tensor, g: torch.Tensor, lr: fl
     return compare(r, bound, tau)
 
 
+def detectable_lr_error(theta0: torch.Tensor, g: torch.Tensor, lr: float) -> float:
+    """The smallest relative learning-rate error delta that ``check_t1`` is guaranteed to reject on this step.
+
+    A step taken with lr' = lr (1 + d), |d| = delta, leaves r' = tau + lr' g within b(lr') (its own model), so
+    its residual against lr, r = r' - d lr g, has |r_i| >= delta lr |g_i| - b_i(lr'), while the check accepts
+    |r_i| <= b_i(lr). With b_i(lr') <= b_i(lr) + delta gamma_4 lr |g_i| this is rejected in coordinate i once
+        delta > delta_i = 2 b_i(lr) / ((1 - gamma_4) lr |g_i|),
+    and the step is rejected once delta > min_i delta_i (inf where g = 0: no step to get wrong). delta_i is
+    about 8u where |lr g_i| >> |theta_0,i| and about 2u |theta_0,i| / |lr g_i| where theta_0 dominates: a
+    small step against large weights hides a proportionally larger error in the learning rate.
+    """
+    u = unit_roundoff(theta0.dtype)
+    step = float(lr) * g.detach().double().abs()
+    moving = step > 0
+    if not bool(moving.any()):
+        return float("inf")
+    bound = step_residual_bound(theta0, step, theta0.dtype)
+    return float((2 * bound[moving] / ((1 - gamma(4, u)) * step[moving])).min())
+
+
 def gradient_sum_length(model: nn.Module, num_examples: int) -> int:
     """m = 4 (N + n + L): N examples, n the largest side of a weight matrix, L the number of weight matrices
     plus one. For the MLP, n = max width and L = len(widths); for the ViT, n bounds the sums of its Linear

@@ -4,7 +4,11 @@ After K epochs of (mini-batch) GD, tau = eta F + eta^2 S + R(eta) with F and S t
 at eta = 1 (:mod:`tvtheory.expansion`) and R(eta) = O(eta^3). So log ||R|| against log eta has slope 3 in the
 asymptotic regime. ``remainder_slope`` fits that slope over eta_max / 2^i, keeping only the remainders that
 rounding does not swamp (> ``RESOLVED_FACTOR`` times their floating-point allowance,
-:func:`tvtheory.fp.rounding_allowance`); ``asymptotic_eta`` chooses an eta_max in that regime.
+:func:`tvtheory.fp.rounding_allowance`); ``asymptotic_eta`` is the largest eta_max of that regime.
+``resolved_slope`` chooses the grid for a user's eta: it starts at min(eta, asymptotic_eta) and, while fewer
+than ``MIN_RESOLVED`` remainders rise above rounding (a small eta: R ~ eta^3 sinks below the allowance),
+doubles the top up to asymptotic_eta; if even that grid cannot resolve them the fit is "not resolvable"
+(its slope NaN), which is no evidence against the theorem.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from .trajectory import epoch_schedule, gradient_descent
 
 #: A remainder enters the slope fit only when it exceeds its rounding allowance this many times.
 RESOLVED_FACTOR = 100.0
+#: The fit needs at least this many resolved remainders.
+MIN_RESOLVED = 3
 
 
 def remainder_points(problem: Problem, etas: Sequence[float], epochs: int) -> list[dict]:
@@ -55,12 +61,45 @@ def remainder_slope(problem: Problem, eta_max: float, epochs: int, halvings: int
     """The fitted slope of log ||R|| against log eta over eta_max / 2^i, i = 0..halvings (expect 3).
 
     Only remainders resolved above rounding (> RESOLVED_FACTOR x allowance) are fitted; with fewer
-    than 3 such points the slope is NaN and ``resolved`` says how many there were.
+    than ``MIN_RESOLVED`` such points the slope is NaN and ``resolved`` says how many there were.
     Returns {"points": ``remainder_points``, "resolved": count, "slope": fitted slope}.
     """
-    points = remainder_points(problem, [eta_max / 2 ** i for i in range(halvings + 1)], epochs)
+    return _fit(remainder_points(problem, _grid(eta_max, halvings), epochs))
+
+
+def resolved_slope(problem: Problem, lr: float, hessian_norm: float, epochs: int, halvings: int = 5) -> dict:
+    """``remainder_slope`` on a grid whose remainders rounding does not swamp, chosen for the user's ``lr``.
+
+    The top starts at min(lr, asymptotic_eta(hessian_norm, S)) (S = epochs x batches) and doubles, capped at
+    asymptotic_eta, while fewer than ``MIN_RESOLVED`` remainders are resolved; each grid point is computed once.
+    Returns ``remainder_slope``'s dict with "grid": {"lr": lr, "eta_max": the top used, "raised": whether it
+    was raised above min(lr, cap), "cap": asymptotic_eta, "resolvable": whether the fit has its points}.
+    """
+    cap = asymptotic_eta(hessian_norm, epochs * problem.num_batches)
+    start = top = min(lr, cap)
+    known: dict[float, dict] = {}
+
+    def fit_at(top: float) -> dict:
+        todo = [eta for eta in _grid(top, halvings) if eta not in known]
+        known.update((p["eta"], p) for p in remainder_points(problem, todo, epochs))
+        return _fit([known[eta] for eta in _grid(top, halvings)])
+
+    fit = fit_at(top)
+    while fit["resolved"] < MIN_RESOLVED and top < cap:
+        top = min(2 * top, cap)
+        fit = fit_at(top)
+    grid = {"lr": lr, "eta_max": top, "raised": top > start, "cap": cap,
+            "resolvable": fit["resolved"] >= MIN_RESOLVED}
+    return {**fit, "grid": grid}
+
+
+def _grid(eta_max: float, halvings: int) -> list[float]:
+    return [eta_max / 2 ** i for i in range(halvings + 1)]
+
+
+def _fit(points: list[dict]) -> dict:
     usable = [(p["eta"], p["remainder"]) for p in points if p["remainder"] > RESOLVED_FACTOR * p["allowance"]]
-    slope = loglog_slope(*zip(*usable, strict=True)) if len(usable) >= 3 else float("nan")
+    slope = loglog_slope(*zip(*usable, strict=True)) if len(usable) >= MIN_RESOLVED else float("nan")
     return {"points": points, "resolved": len(usable), "slope": slope}
 
 

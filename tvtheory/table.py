@@ -3,7 +3,9 @@
 Each row holds ||tau_k||, the first-order term (the optimizer's own, ``optimizers.first_order_prediction``;
 -k eta B g for GD/SGD), ||E_k|| = ||tau_k - first-order term||, the second-order term and what it leaves
 (plain GD/SGD on a C^2 network), the T2(c)/T3 bound with T4's M_s and its ratio to ||E_k||, the dominance
-number eta M k and the rounding allowance of E_k (MLP only), and cos(tau_k, -g). ``None`` where n/a.
+number eta M k (MLP only), the rounding allowance of E_k (plain GD/SGD) and whether ||E_k|| exceeds it, and
+cos(tau_k, -g). ``None`` where n/a. Where ||E_k|| is within its rounding allowance E_k is rounding, not the
+second-order error, so its ratio to the bound is not reported (``bound_ratio`` None, ``error_resolved`` False).
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ class EpochRow(TypedDict):
     second_order_norm: float | None             # ||second-order term||         (plain GD/SGD, C^2)
     second_order_residual_norm: float | None    # ||E_k - second-order term||   (plain GD/SGD, C^2)
     bound: float | None                         # T2(c)/T3: eta sum_s M_s ||theta_s - theta_0||   (MLP)
-    bound_ratio: float | None                   # bound / ||E_k|| (None where either is 0)
+    bound_ratio: float | None                   # bound / ||E_k|| (None where either is 0 or E_k is rounding)
     cos_tau_neg_g: float                        # cos(tau_k, -grad L(theta_0))
     dominance: float | None                     # eta max_s M_s kB                  (MLP)
-    rounding_allowance: float | None            # fp.rounding_allowance of E_k      (MLP)
+    rounding_allowance: float | None            # fp.rounding_allowance of E_k      (plain GD/SGD)
+    error_resolved: bool | None                 # ||E_k|| > rounding allowance      (plain GD/SGD)
 
 
 def epoch_rows(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> list[EpochRow]:
@@ -67,17 +70,22 @@ def epoch_rows(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> list[
         row: EpochRow = {
             "k": k, "tau_norm": norm(tau), "first_order_norm": norm(first), "error_norm": error_norm,
             "second_order_norm": None, "second_order_residual_norm": None, "bound": None, "bound_ratio": None,
-            "cos_tau_neg_g": cosine(tau, -g), "dominance": None, "rounding_allowance": None}
+            "cos_tau_neg_g": cosine(tau, -g), "dominance": None, "rounding_allowance": None,
+            "error_resolved": None}
+        S = k * B
+        if plain:
+            allowance = rounding_allowance(traj.thetas, traj.grads, lr, S, sum_length)
+            row["rounding_allowance"] = allowance
+            row["error_resolved"] = error_norm > allowance
         if second is not None:
             row["second_order_norm"] = norm(second[k - 1])
             row["second_order_residual_norm"] = norm(error - second[k - 1])
         if M is not None:
-            S = k * B
             bound = aposteriori_error_bound(lr, M[:S], traj.thetas[:S])
             row["bound"] = bound
             # k = 1 of full-batch GD: E_1 = 0 exactly and the bound is 0; E_1 is rounding, checked by T1
-            row["bound_ratio"] = bound / error_norm if bound > 0 and error_norm > 0 else None
+            resolved = bound > 0 and error_norm > 0 and row["error_resolved"]
+            row["bound_ratio"] = bound / error_norm if resolved else None
             row["dominance"] = dominance_number(lr, max(M[:S]), S)
-            row["rounding_allowance"] = rounding_allowance(traj.thetas, traj.grads, lr, S, sum_length)
         rows.append(row)
     return rows

@@ -8,7 +8,10 @@
   (``QUADRATIC_SERIES`` names the test), not per problem.
 - ``verify_t3``: one epoch of mini-batch SGD: the bound and the remainder slope of T3.
 - ``verify_t4``: the T4 bound against ||hess L||_2 (Lanczos on HVPs) at theta_0 and at theta_K.
-- ``verify_optimizer``: which identity holds for the optimizer the user ran, checked.
+- ``verify_t5``: ATM (alternating tuning and merging) against multitask GD: (a) exact for one step per round,
+  to its floating-point model; (b) within the discrete Gronwall bound for k steps per round (``tvtheory.atm``).
+- ``verify_optimizer``: which identity holds for the optimizer the user ran, and every step of the run replayed
+  against it (``tvtheory.replay``).
 T1, C1 and the optimizer check run on any network, T2(a) and T3's slope on any C^2 one (MLP or ViT),
 through gradients and Hessian-vector products; what needs T4's M (T4 itself, the T2(c)/T3 bounds and eta M k)
 is n/a for a ViT (``bounds.T4_NOTE``).
@@ -26,18 +29,29 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .atm import ATMSchedule, run_atm
 from .bounds import T4_NOTE, has_curvature_bound, layer_norms, mlp_hessian_bound
 from .curvature import gradient
 from .curvature import hessian_norm as measure_hessian_norm
 from .data import Dataset, contiguous_batches
 from .expansion import batch_gradients
-from .fp import check_t1, compare, exact_residual, gamma, step_residual_bound, unit_roundoff
+from .fp import (
+    check_t1,
+    compare,
+    detectable_lr_error,
+    exact_residual,
+    gamma,
+    gradient_sum_length,
+    step_residual_bound,
+    unit_roundoff,
+)
 from .objective import Objective
 from .optimizers import OptimizerSpec, first_order_prediction, first_step_identity, momentum_coefficient
-from .problem import Problem
-from .remainder import asymptotic_eta, remainder_slope
+from .problem import Problem, make_problem
+from .remainder import RESOLVED_FACTOR, resolved_slope
+from .replay import replay_check
 from .table import EpochRow, epoch_rows
-from .task_vectors import cosine, relative_error
+from .task_vectors import cosine, norm, relative_error
 from .trajectory import Trajectory, gradient_descent, run_optimizer
 
 SLOPE_THRESHOLD = 2.7   # T2(a)/T3: the fitted log-log slope of ||R|| against eta must exceed this (expect 3)
@@ -78,6 +92,27 @@ def _not_c2(theorem: str, problem: Problem) -> Verdict | None:
                    "(T2-T4 need sigma in C^2); T1 still holds")
 
 
+def _slope_verdict(slope: dict, what: str) -> tuple[bool | None, str]:
+    """Judge a ``remainder.resolved_slope`` fit: the slope must exceed SLOPE_THRESHOLD; a fit that no grid
+    could resolve above rounding is not judged (None), since it is no evidence either way.
+    """
+    grid = slope["grid"]
+    span = f"eta in [{grid['eta_max'] / 2 ** (len(slope['points']) - 1):.3g}, {grid['eta_max']:.3g}]"
+    raised = (f"; grid raised from lr {grid['lr']:g} so the remainders rise above rounding" if grid["raised"]
+              else "")
+    if not grid["resolvable"]:
+        return None, (f"{what}: not resolvable (fewer than 3 remainders exceed {RESOLVED_FACTOR:g}x their rounding "
+                      f"allowance even at the asymptotic limit {span}), not judged")
+    return (slope["slope"] > SLOPE_THRESHOLD,
+            f"{what} = {slope['slope']:.3f} (> {SLOPE_THRESHOLD}) over {span}{raised}")
+
+
+def _combine(*parts: bool | None) -> bool | None:
+    """All judged parts hold (None when none was judged)."""
+    judged = [p for p in parts if p is not None]
+    return all(judged) if judged else None
+
+
 def _within_bound(row: EpochRow) -> bool:
     """||E_k|| <= bound + rounding allowance (False where the row has no bound)."""
     bound, allowance = row["bound"], row["rounding_allowance"]
@@ -93,10 +128,14 @@ def verify_t1(problem: Problem, lr: float) -> Verdict:
     by_fn = check_t1(theta0, theta0 - lr * g, g, lr)
     worst = max(by_sgd.max_ratio, by_fn.max_ratio)
     holds = by_sgd.holds and by_fn.holds
+    detectable = detectable_lr_error(theta0, g, lr)
+    u = unit_roundoff(theta0.dtype)
     return Verdict("T1", holds, worst,
                    f"tau = -eta g {'holds' if holds else 'FAILS'}: max |r|/model = {worst:.3f} (<= 1 required) over "
-                   f"P = {theta0.numel()} coordinates, torch.optim.SGD and functional step, {theta0.dtype}",
-                   {"torch_sgd": by_sgd.to_dict(), "functional": by_fn.to_dict()})
+                   f"P = {theta0.numel()} coordinates, torch.optim.SGD and functional step, {theta0.dtype}; "
+                   f"detects a learning rate off by a relative {detectable:.2g} (= {detectable / u:.3g} u) or more",
+                   {"torch_sgd": by_sgd.to_dict(), "functional": by_fn.to_dict(),
+                    "detectable_lr_relative_error": detectable})
 
 
 def verify_c1(problem: Problem, lr: float, tasks: Sequence[Dataset]) -> Verdict:
@@ -122,12 +161,23 @@ def verify_c1(problem: Problem, lr: float, tasks: Sequence[Dataset]) -> Verdict:
     check = compare(r, bound, merged)
     mt_grad = gradient(lambda th: torch.stack([f(th) for f in objectives]).mean(), theta0)
     step_gap = relative_error(theta0 + merged / num_tasks, theta0 - lr * mt_grad)
-    return Verdict("C1", check.holds, check.max_ratio,
+    # the alpha = 1/T merge against one multitask step computed by autograd of L_MT, normwise:
+    # ||merged/T + eta grad L_MT|| <= ||C1 model||/T + eta (2 gamma_m + gamma_T + 2u) sum_t ||g_t|| / T
+    # (two computations of each task's gradient, the backward of the mean) + u64 ||merged|| / T
+    gap = norm(exact_residual(merged.double() / num_tasks, mt_grad, lr))
+    m = gradient_sum_length(problem.model, sum(len(f) for f in objectives))
+    gap_model = (norm(bound) / num_tasks + lr * (2 * gamma(m, u) + gamma(num_tasks, u) + 2 * u)
+                 * sum(norm(g) for g in grads) / num_tasks + 2.0 ** -52 * norm(merged) / num_tasks)
+    gap_ratio = gap / gap_model if gap > 0 else 0.0
+    holds = check.holds and gap_ratio <= 1
+    return Verdict("C1", holds, max(check.max_ratio, gap_ratio),
                    f"sum of {num_tasks} one-step task vectors = -eta T grad L_MT "
-                   f"{'holds' if check.holds else 'FAILS'}: "
+                   f"{'holds' if holds else 'FAILS'}: "
                    f"max |r|/model = {check.max_ratio:.3f}; alpha = 1/T merge vs one multitask GD step "
-                   f"(autograd): relative gap {step_gap:.1e}",
-                   {"check": check.to_dict(), "num_tasks": num_tasks, "alpha_1_over_T_relative_gap": step_gap})
+                   f"(autograd of L_MT): ||gap||/model = {gap_ratio:.3g} (<= 1 required), relative gap {step_gap:.1e}",
+                   {"check": check.to_dict(), "num_tasks": num_tasks, "alpha_1_over_T_relative_gap": step_gap,
+                    "merge_gap": {"holds": gap_ratio <= 1, "gap_norm": gap, "model_norm": gap_model,
+                                  "ratio": gap_ratio}})
 
 
 def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | None = None) -> Verdict:
@@ -144,20 +194,19 @@ def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | No
     rows = epoch_rows(p64, OptimizerSpec("gd", lr), traj)
     k_slope = max(epochs, 3)
     h = hessian_norm if hessian_norm is not None else measure_hessian_norm(p64.objective, p64.theta0).value
-    slope = remainder_slope(p64, min(lr, asymptotic_eta(h, k_slope)), k_slope)
-    slope_text = (f"(a) slope of ||R_{k_slope}|| vs eta = {slope['slope']:.3f} (> {SLOPE_THRESHOLD}); "
-                  "(b) quadratic series proven symbolically by pytest verification/")
-    expansion_holds = slope["slope"] > SLOPE_THRESHOLD
-    details = {"slope": slope, "quadratic_series": QUADRATIC_SERIES}
+    slope = resolved_slope(p64, lr, h, k_slope)
+    expansion_holds, slope_text = _slope_verdict(slope, f"(a) slope of ||R_{k_slope}|| vs eta")
+    slope_text += "; (b) quadratic series: a library property, proven symbolically by pytest verification/"
+    details = {"slope": slope, "slope_holds": expansion_holds, "quadratic_series": QUADRATIC_SERIES}
     if rows[0]["bound"] is None:
         return Verdict("T2", expansion_holds, slope["slope"],
                        f"(c) n/a: no T4 bound M_j for this network; {slope_text}",
                        {"bound_holds": None, "min_bound_ratio": None, **details})
     checked = [r for r in rows if r["k"] >= 2]   # E_1 = 0 exactly: that is T1
-    ratios = [r["bound"] / r["error_norm"] for r in checked if r["bound"] is not None and r["error_norm"] > 0]
+    ratios = [r["bound_ratio"] for r in checked if r["bound_ratio"] is not None]
     bound_holds = all(_within_bound(r) for r in checked)
     tight = min(ratios) if ratios else math.inf
-    return Verdict("T2", bound_holds and expansion_holds, tight,
+    return Verdict("T2", _combine(bound_holds, expansion_holds), tight,
                    f"(c) ||E_k|| <= bound for k = 2..{epochs}: {'yes' if bound_holds else 'NO'} "
                    f"(tightest bound/||E_k|| = {tight:.3g}); {slope_text}",
                    {"bound_holds": bound_holds, "min_bound_ratio": tight, **details})
@@ -176,17 +225,19 @@ def verify_t3(problem: Problem, lr: float, num_batches: int, hessian_norm: float
     traj = gradient_descent(p64.objective, p64.theta0, lr, 1, batches)
     row = epoch_rows(p64, OptimizerSpec("sgd", lr), traj)[0]
     h = hessian_norm if hessian_norm is not None else measure_hessian_norm(p64.objective, p64.theta0).value
-    slope = remainder_slope(p64, min(lr, asymptotic_eta(h, B)), 1)
-    slope_text = f"slope of ||R|| vs eta = {slope['slope']:.3f} (> {SLOPE_THRESHOLD})"
-    details = {"bound_holds": None, "num_batches": B, "epoch": row, "slope": slope}
+    slope = resolved_slope(p64, lr, h, 1)
+    slope_holds, slope_text = _slope_verdict(slope, "slope of ||R|| vs eta")
+    details = {"bound_holds": None, "num_batches": B, "epoch": row, "slope": slope, "slope_holds": slope_holds}
     if row["bound"] is None:
-        return Verdict("T3", slope["slope"] > SLOPE_THRESHOLD, slope["slope"],
+        return Verdict("T3", slope_holds, slope["slope"],
                        f"one epoch of {B} batches: ||E|| = {row['error_norm']:.3g}, bound n/a (no T4 bound M_b for "
                        f"this network); {slope_text}", details)
     bound_holds = _within_bound(row)
-    return Verdict("T3", bound_holds and slope["slope"] > SLOPE_THRESHOLD, row["bound_ratio"],
+    ratio = ("||E|| is within its rounding allowance" if row["bound_ratio"] is None else
+             f"bound/||E|| = {row['bound_ratio']:.3g}")
+    return Verdict("T3", _combine(bound_holds, slope_holds), row["bound_ratio"],
                    f"one epoch of {B} batches: ||E|| = {row['error_norm']:.3g} <= bound {row['bound']:.3g}: "
-                   f"{'yes' if bound_holds else 'NO'} (bound/||E|| = {row['bound_ratio']:.3g}); {slope_text}",
+                   f"{'yes' if bound_holds else 'NO'} ({ratio}); {slope_text}",
                    {**details, "bound_holds": bound_holds})
 
 
@@ -222,16 +273,21 @@ def verify_t4(problem: Problem, thetas: Sequence[torch.Tensor],
 
 
 def verify_optimizer(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> Verdict:
-    """The identity that holds for the optimizer the user ran (first step, checked to its FP model), and
-    how far its task vectors are from -eta g after K epochs (relative error, cosine).
+    """The run replayed against the claimed optimizer, step by step (``replay.replay_check``: every step's
+    gradient is the claimed batch's and every update the claimed optimizer's, to their floating-point
+    models), the identity its first step satisfies, and how far its task vectors are from -eta g after K epochs
+    (relative error, cosine).
     """
     identity = first_step_identity(spec, traj.theta0, traj.thetas[1], traj.grads[0])
+    replay = replay_check(spec, traj, problem.batch_objectives, problem.objective.layout,
+                          gradient_sum_length(problem.model, max(len(f) for f in problem.batch_objectives)))
     g = gradient(problem.objective, traj.theta0)
     K, B = traj.epochs, traj.steps_per_epoch
     tau_K = traj.task_vector(K)
     gd_prediction = -spec.lr * K * B * g
     details = {"statement": identity.statement, "exact_t1": identity.exact,
                "first_step": identity.check.to_dict() if identity.check else None,
+               "replay": replay.to_dict(),
                "relative_error_vs_minus_k_eta_g": relative_error(tau_K, gd_prediction),
                "cos_tau_K_neg_g": cosine(tau_K, -g)}
     own = first_order_prediction(spec, traj.theta0, batch_gradients(problem.batch_objectives, traj.theta0),
@@ -239,15 +295,61 @@ def verify_optimizer(problem: Problem, spec: OptimizerSpec, traj: Trajectory) ->
     details["relative_error_vs_first_order"] = None if own is None else relative_error(tau_K, own)
     if spec.name == "momentum":
         details["momentum_c_k"] = [momentum_coefficient(spec.momentum, k) for k in range(1, K + 1)]
-    if identity.check is None:
-        return Verdict("optimizer", None, None, f"{identity.statement}; cos(tau_K, -g) = "
-                       f"{details['cos_tau_K_neg_g']:.4f}", details)
-    note = "" if B == 1 else f" (first step uses batch 0 of {B})"
-    return Verdict("optimizer", identity.check.holds, identity.check.max_ratio,
-                   f"{spec.name}: {identity.statement}{note}: max |r|/model = {identity.check.max_ratio:.3f}; "
-                   f"after {K} epochs ||tau - (-K B eta g)||/||K B eta g|| = "
-                   f"{details['relative_error_vs_minus_k_eta_g']:.3g}"
+    steps = f"all {traj.num_steps} steps replayed from theta_0"
+    judged = (f"{steps}: max |r|/model = {replay.max_update_ratio:.3f}, max ||g - grad L_b||/model = "
+              f"{replay.max_gradient_ratio:.3g}" if replay.holds else
+              f"{steps}: FAILS at {replay.failure}")
+    return Verdict("optimizer", replay.holds, replay.max_update_ratio,
+                   f"{spec.name}: {identity.statement}; {judged}; after {K} epochs ||tau - (-K B eta g)||/||K B eta g||"
+                   f" = {details['relative_error_vs_minus_k_eta_g']:.3g}"
                    + ("" if spec.name in ("gd", "sgd") and not spec.weight_decay or own is None else
                       f", vs its own first-order prediction {details['relative_error_vs_first_order']:.3g}")
                    + f", cos(tau_K, -g) = {details['cos_tau_K_neg_g']:.4f}",
+                   details)
+
+
+def verify_t5(problem: Problem, lr: float, tasks: Sequence[Dataset], rounds: int, steps: int) -> Verdict:
+    """T5: ATM (alpha = 1/T) over ``tasks`` against multitask GD from theta_0 (``tvtheory.atm``).
+
+    (a) One full-batch step per task per round, in the problem's precision: every round is one multitask step
+        within the floating-point model of ``atm.check_round`` (max |r|/model <= 1), and the R-round gap to
+        multitask GD run in the same arithmetic is within the amplified rounding (``ATMRun.amplification``).
+    (b) ``steps`` epochs per task per round, in float64: ||theta^(r) - theta_MT^(r)|| <= the discrete Gronwall
+        bound (measured ||E_t||) and <= the certified one (T2(c)/T3 bounds of ||E_t||) for r = 1..R.
+    Without T4's M (a ViT, or a non-C^2 activation) the bounds are n/a and only (a)'s elementwise check is judged.
+    The margin is the tightest Gronwall bound/gap of (b), or (a)'s max |r|/model where (b) has no bound.
+    """
+    def bind(p: Problem) -> list[Problem]:
+        return [make_problem(p.model, p.loss.name, task.to(p.theta0.dtype), 1, theta0=p.theta0) for task in tasks]
+
+    exact = run_atm(bind(problem), ATMSchedule(lr, rounds, 1))
+    checks = [r.exact_check for r in exact.rounds if r.exact_check is not None]
+    fp_ratio = max(c.max_ratio for c in checks)
+    fp_holds = all(c.holds for c in checks)
+    amplified = exact.amplification
+    amp_holds = None if amplified is None else all(g <= b for g, b in zip(exact.gaps, amplified, strict=True))
+    a_text = (f"(a) k = 1: each of {rounds} rounds = one multitask step, max |r|/model = {fp_ratio:.3f} "
+              f"({'holds' if fp_holds else 'FAILS'}); R-round gap {exact.gaps[-1]:.3g}"
+              + ("" if amplified is None else f" <= amplified rounding {amplified[-1]:.3g}: "
+                 f"{'yes' if amp_holds else 'NO'} (factor prod(1 + lambda M) = {exact.amplification_factor:.3g})"))
+    details = {"alpha": exact.alpha, "num_tasks": exact.num_tasks, "rounds_count": rounds, "steps": steps,
+               "exact": {"holds": fp_holds and amp_holds is not False, "max_ratio": fp_ratio,
+                         "gaps": list(exact.gaps), "amplification": None if amplified is None else list(amplified),
+                         "amplification_factor": exact.amplification_factor}}
+    run = run_atm(bind(problem.to(torch.float64)), ATMSchedule(lr, rounds, steps))
+    rows = run.table()
+    details.update({"multitask_lr": run.multitask_lr, "rounds": rows})
+    if run.gronwall is None or run.certified is None:
+        details.update({"gronwall_holds": None, "certified_holds": None, "min_tightness": None})
+        return Verdict("T5", fp_holds, fp_ratio, f"{a_text}; (b) n/a: no T4 bound M for this network", details)
+    gronwall_holds = all(g <= b for g, b in zip(run.gaps, run.gronwall, strict=True))
+    certified_holds = all(g <= b for g, b in zip(run.gaps, run.certified, strict=True))
+    tightness = [row["tightness"] for row in rows if row["tightness"] is not None]
+    tight = min(tightness) if tightness else float("inf")
+    details.update({"gronwall_holds": gronwall_holds, "certified_holds": certified_holds, "min_tightness": tight})
+    holds = fp_holds and amp_holds is not False and gronwall_holds and certified_holds
+    return Verdict("T5", holds, tight,
+                   f"{a_text}; (b) k = {steps}: ||theta^(r) - theta_MT^(r)|| <= Gronwall bound for r = 1..{rounds}: "
+                   f"{'yes' if gronwall_holds else 'NO'} (tightest bound/gap = {tight:.3g}), <= certified (T2(c)) "
+                   f"bound: {'yes' if certified_holds else 'NO'}",
                    details)

@@ -34,6 +34,7 @@ from tvtheory.bounds import layer_norms, mlp_hessian_bound
 from tvtheory.curvature import dense_hessian, hessian_norm
 from tvtheory.fp import gamma, unit_roundoff
 from tvtheory.losses import get_loss
+from tvtheory.models.mlp import MLPConfig
 
 
 def _hessian_norm(problem, theta):
@@ -152,3 +153,59 @@ def test_t4_bound_is_the_spec_recursion(problem):
     f = problem.objective
     _check_against_spec(problem.model.config, problem.loss, f.x, f.target, layer_norms(problem.model.config,
                                                                                         problem.theta0))
+
+
+def _matrix(family: str, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = 3 + seed % 9, 2 + (7 * seed) % 13
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    if family == "gaussian":
+        return randn(rows, cols)
+    if family == "rank_one":
+        return randn(rows, 1) @ randn(1, cols)
+    if family == "nearly_rank_one":
+        return randn(rows, 1) @ randn(1, cols) + 1e-9 * randn(rows, cols)
+    if family == "ill_conditioned":
+        q1, _ = torch.linalg.qr(randn(rows, rows))
+        q2, _ = torch.linalg.qr(randn(cols, cols))
+        k = min(rows, cols)
+        s = torch.logspace(0, -12, k, dtype=torch.float64)
+        return q1[:, :k] @ torch.diag(s) @ q2[:, :k].T
+    if family == "equal_top":                       # a repeated top singular value
+        q1, _ = torch.linalg.qr(randn(rows, rows))
+        q2, _ = torch.linalg.qr(randn(cols, cols))
+        k = min(rows, cols)
+        s = torch.ones(k, dtype=torch.float64)
+        s[k // 2:] = 0.5
+        return q1[:, :k] @ torch.diag(s) @ q2[:, :k].T
+    if family == "float32_scaled":
+        return (randn(rows, cols) * 10.0 ** (seed % 17 - 8)).float().double()
+    if family == "row":
+        return randn(1, cols)
+    return randn(rows, 1)                           # "column"
+
+
+FAMILIES = ("gaussian", "rank_one", "nearly_rank_one", "ill_conditioned", "equal_top", "float32_scaled", "row",
+            "column")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_norms_are_certified_upper_bounds_of_the_exact_spectral_norm(family):
+    """s_l of ``layer_norms`` is never below ||W_l||_2, computed exactly (50-digit SVD of the float64 entries),
+    on random, rank-one, nearly rank-one, ill-conditioned (singular values down to 1e-12), repeated-top,
+    float32-valued at scales 1e-8..1e8, one-row and one-column matrices; and it is a sharp bound (within a
+    relative 1e-6 of the exact norm), so rounding the norm down or dropping its certificate's margin (the
+    s_l of a power or Lanczos estimate, a lower bound) fails here."""
+    mp.mp.dps = 50
+    for seed in range(12):
+        w = _matrix(family, seed)
+        rows, cols = w.shape
+        config = MLPConfig((cols, rows), "tanh", True)
+        theta = torch.cat([w.reshape(-1), torch.zeros(rows, dtype=torch.float64)])
+        s = float(layer_norms(config, theta).weight[0])
+        exact = max(mp.svd_r(mp.matrix(w.tolist()), compute_uv=False))
+        assert mp.mpf(s) >= exact, f"{family} seed {seed}: s_l = {s!r} < ||W||_2 = {mp.nstr(exact, 20)}"
+        assert mp.mpf(s) <= exact * (1 + mp.mpf("1e-6")), f"{family} seed {seed}: s_l = {s!r} is loose"

@@ -1,19 +1,23 @@
-"""Mutation harness for the bound checks: weaken tvtheory/bounds.py one named way at a time and see whether
-``pytest verification/`` notices.
+"""Mutation harness for the checks: weaken the library one named way at a time and see whether the suite notices.
 
 For each mutation the repository is copied to a scratch folder under /tmp (without .venv, runs/, .git and
-caches), ONE textual replacement is applied to the copy's tvtheory/bounds.py (the text to replace must occur
-exactly as often as the mutation says, so a refactored bounds.py makes the harness stop rather than test
-nothing), and pytest runs in the copy with PYTHONPATH set to it, so the copy's tvtheory is imported (checked
-once: the editable install points at the working tree). Two stages:
+caches), ONE textual replacement is applied to the copy's file of that mutation (tvtheory/bounds.py for the T4
+recursion, the loss constants and the T2(c)/T3 bound; tvtheory/spectral.py for the certified s_l;
+tvtheory/fp.py for the T1 model; tvtheory/replay.py for the whole-trajectory optimizer check; tvtheory/atm.py
+for T5). The text to
+replace must occur exactly as often as the mutation says, so a refactored file makes the harness stop rather
+than test nothing. pytest runs in the copy with PYTHONPATH set to it, so the copy's tvtheory is imported
+(checked once: the editable install points at the working tree). Two stages:
 
-1. the fast pinned checks (verification/test_t4_curvature.py: the nearly attained cases and the recursion
-   against its statement; verification/test_t2c_bound.py: the attained T2(c) case), all of them, to name
+1. the fast pinned checks of that mutation's family (for the bounds: the nearly attained T4 cases, the
+   recursion against its statement, the attained T2(c) case, the segment rule on the tight cases and the
+   certified spectral norms; for fp and replay: their sharpness and wrong-claim tests), all of them, to name
    every test that kills the mutant;
 2. only if stage 1 passed: ``pytest -x -q verification/`` (every theorem check, the random networks too).
 
-A mutant is "killed" when a stage fails. The floating-point slacks are rounding safeguards: removing one
-leaves a bound that is violated only within rounding, so surviving them is expected, not a weakness.
+A mutant is "killed" when a stage fails. A mutation marked ``rounding_only`` removes a floating-point
+safeguard: the bound it leaves is violated only within rounding, so surviving it is expected, not a weakness
+(it is listed, and reported, all the same).
 
     .venv/bin/python benchmarks/mutation/run_mutations.py                 # all mutations
     .venv/bin/python benchmarks/mutation/run_mutations.py --only c2       # names containing "c2"
@@ -35,11 +39,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGET = Path("tvtheory/bounds.py")
+BOUNDS, SPECTRAL, FP, REPLAY, ATM = (Path(f"tvtheory/{name}.py")
+                                     for name in ("bounds", "spectral", "fp", "replay", "atm"))
 IGNORED = (".venv", "runs", ".git", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache",
            "*.egg-info")
-STAGE1 = ["verification/test_t4_curvature.py", "verification/test_t2c_bound.py", "-k",
-          "nearly_attained or spec_recursion or bound_attained"]
+BOUND_TESTS = ("verification/test_t4_curvature.py", "verification/test_t2c_bound.py", "-k",
+               "nearly_attained or spec_recursion or bound_attained or cover_the_segment or certified_upper_bounds")
+T1_TESTS = ("verification/test_t1_one_step.py", "-k", "sharp or detectable or nearly_attained")
+REPLAY_TESTS = ("verification/test_optimizer_replay.py", "tests/test_replay.py")
+T5_TESTS = ("verification/test_t5a_atm_exact.py", "verification/test_t5b_atm_gronwall.py")
 STAGE2 = ["-x", "verification/"]
 
 _Q = "Q = 2 * c1 * J_prev + s_l * c2 * J_prev ** 2 + s_l * c1 * Q"
@@ -49,13 +57,20 @@ _A = "a = act.sigma0 * math.sqrt(widths[l]) + c1 * (s_l * a + b_l)"
 
 @dataclass(frozen=True)
 class Mutation:
-    """Replace ``old`` by ``new`` in tvtheory/bounds.py; ``old`` must occur ``count`` times there."""
+    """Replace ``old`` by ``new`` in ``path``; ``old`` must occur ``count`` times there. ``tests`` is stage 1."""
 
     name: str
     old: str
     new: str
     rounding_only: bool = False      # a floating-point safeguard: surviving it is expected
     count: int = 1
+    path: Path = BOUNDS
+    tests: tuple[str, ...] = BOUND_TESTS
+
+
+def _t5(name: str, old: str, new: str, rounding_only: bool = False) -> Mutation:
+    """A mutation of tvtheory/atm.py, judged by the T5 suite."""
+    return Mutation(name, old, new, rounding_only, path=ATM, tests=T5_TESTS)
 
 
 MUTATIONS = (
@@ -82,8 +97,65 @@ MUTATIONS = (
              "norms = norms0.max(layer_norms(model.config, traj.thetas[s]))", "norms = norms0"),
     Mutation("fp: recursion slack 16 (L + 4) u removed", "slack = 1.0 + 16 * (L + 4) * _U64", "slack = 1.0",
              rounding_only=True),
-    Mutation("fp: SVD slack 64 n u of s_l removed", "slack = 1.0 + 64 * max(w.shape) * _U64", "slack = 1.0",
+    Mutation("s_l: the eigenvalue estimate instead of its Cholesky certificate",
+             "return result(lam + gram_err, \"cholesky\"", "return result(Fraction(theta), \"cholesky\"",
+             path=SPECTRAL),
+    Mutation("s_l: the 1 x 1 Gram matrix without its rounding error",
+             "result(Fraction(float(lower[0, 0])) + gram_err,", "result(Fraction(float(lower[0, 0])),",
+             path=SPECTRAL, rounding_only=True),
+    Mutation("s_l: the Frobenius fallback without its rounding error",
+             "fro = (Fraction(float(flat @ flat)) + m * n * ETA) / (1 - gamma(m * n))",
+             "fro = Fraction(float(flat @ flat))", path=SPECTRAL, rounding_only=True),
+    Mutation("T1 model: gamma_4 -> gamma_64 on the update path (a permissive model)",
+             "return (u * (1 + u) * theta0.detach().double().abs() + gamma(n, u)",
+             "return (u * (1 + u) * theta0.detach().double().abs() + gamma(16 * n, u)", path=FP, tests=T1_TESTS),
+    Mutation("T1 model: the u |theta_0| term scaled by 64 (a permissive model)",
+             "return (u * (1 + u) * theta0.detach().double().abs()",
+             "return (64 * u * (1 + u) * theta0.detach().double().abs()", path=FP, tests=T1_TESTS),
+    Mutation("replay: the gradient check dropped", "g_ratio = gap / g_model if gap > 0 else 0.0", "g_ratio = 0.0",
+             path=REPLAY, tests=REPLAY_TESTS),
+    Mutation("replay: weight decay of the claim ignored", "wd = self.spec.weight_decay\n", "wd = 0.0\n",
+             path=REPLAY, tests=REPLAY_TESTS),
+    Mutation("replay: heavy ball replayed as plain SGD", "new = mu * self.buf + d", "new = d",
+             path=REPLAY, tests=REPLAY_TESTS),
+    Mutation("replay: the update model 1e6 x permissive", "        ratio = torch.where(r == 0",
+             "        model = 1e6 * model\n        ratio = torch.where(r == 0", path=REPLAY, tests=REPLAY_TESTS),
+    _t5("(b) Gronwall: product factor (1 + lambda M) dropped",
+             "bounds.append((1 + lr * m) * bounds[-1] + injection)", "bounds.append(bounds[-1] + injection)"),
+    _t5("(b) alpha sum ||E|| halved (measured bound)",
+             "measured.append(alpha * sum(round_.error_norms) + rounding)",
+             "measured.append(0.5 * alpha * sum(round_.error_norms) + rounding)"),
+    _t5("(b) alpha sum (T2(c) bound + allowance) halved (certified bound)",
+             "certified_in.append(alpha * (sum(bounds) + sum(allowances)) + rounding)",
+             "certified_in.append(0.5 * alpha * (sum(bounds) + sum(allowances)) + rounding)"),
+    _t5("(b) M_r: layer norms of theta^(r) only (inside the segment bound)",
+        "norms = layer_norms(config, a).max(layer_norms(config, b))", "norms = layer_norms(config, a)"),
+    _t5("(b) M_r: the point theta^(r) only (call site)",
+             "segment = multitask_segment_bound(config, objectives, theta, mt.thetas[r])",
+             "segment = multitask_segment_bound(config, objectives, theta, theta)"),
+    _t5("(b) the factor 1 + lambda M_1 of round 1 dropped (prod over s > r, s != 1)",
+             "bounds.append((1 + lr * m) * bounds[-1] + injection)",
+             "bounds.append((1 + lr * m if len(bounds) != 2 else 1.0) * bounds[-1] + injection)"),
+    _t5("(a) T1 residual of the task steps dropped from the model",
+             "return alpha * steps + merge_rounding(theta_next, task_vectors, alpha)",
+             "return merge_rounding(theta_next, task_vectors, alpha)"),
+    _t5("(a) merge: gamma_{T+1} -> gamma_{T-1} (alpha's cast and product not counted)",
+             "alpha * gamma(len(task_vectors) + 1, u) * total",
+             "alpha * gamma(max(len(task_vectors) - 1, 1), u) * total",
              rounding_only=True),
+    _t5("(a) merge: final addition's u |theta'| dropped",
+             "u / (1 - u) * theta_next.detach().double().abs()", "0.0 * theta_next.detach().double().abs()"),
+    _t5("(a) subtraction giving v: u |v| dropped",
+             "+ u / (1 - u) * update.double().abs()", "+ 0.0 * update.double().abs()", rounding_only=True),
+    _t5("(a) whole elementwise model halved",
+             "model = iterate_model(theta, theta_next, task_vectors, grads, lr, alpha)",
+             "model = 0.5 * iterate_model(theta, theta_next, task_vectors, grads, lr, alpha)"),
+    _t5("(a) amplification: multitask step rounding dropped",
+        "common = gradient_error + _multitask_step_rounding(mt, r, mt_lr, mt_sum_length)",
+             "common = gradient_error", rounding_only=True),
+    _t5("(a) amplification: gradient evaluation errors dropped",
+             "gradient_error += alpha * eta * gamma(sum_length, u) * sum(norm(g) for g in firsts)",
+             "gradient_error += 0.0", rounding_only=True),
 )
 
 
@@ -135,31 +207,32 @@ def apply(source: str, mutation: Mutation) -> str:
     """The mutated source; stops if the text to replace is not there exactly ``count`` times."""
     found = source.count(mutation.old)
     if found != mutation.count:
-        raise SystemExit(f"error: mutation {mutation.name!r}: {mutation.old!r} occurs {found} times in {TARGET} "
-                         f"(expected {mutation.count}); update the mutation to the current code")
+        raise SystemExit(f"error: mutation {mutation.name!r}: {mutation.old!r} occurs {found} times in "
+                         f"{mutation.path} (expected {mutation.count}); update the mutation to the current code")
     return source.replace(mutation.old, mutation.new)
 
 
 def run(mutations: list[Mutation]) -> list[Outcome]:
-    """Baseline first (it must pass stage 1), then each mutant in a fresh copy of bounds.py."""
-    original = (ROOT / TARGET).read_text()
+    """Baseline first (every stage-1 selection must pass unmutated), then each mutant in a fresh copy."""
+    originals = {m.path: (ROOT / m.path).read_text() for m in mutations}
     for m in mutations:                    # refuse stale mutations before spending any time
-        apply(original, m)
+        apply(originals[m.path], m)
     with tempfile.TemporaryDirectory(prefix="tvtheory-mutation-") as scratch:
         copy = Path(scratch) / "repo"
         copy_repository(copy)
         print(f"scratch copy: {copy}; tvtheory imported from {check_imports_copy(copy)}", flush=True)
-        passed, failed = run_pytest(copy, STAGE1)
-        if not passed:
-            raise SystemExit(f"error: the unmutated code fails stage 1 ({', '.join(failed)}); fix that first")
+        for tests in dict.fromkeys(m.tests for m in mutations):
+            passed, failed = run_pytest(copy, list(tests))
+            if not passed:
+                raise SystemExit(f"error: the unmutated code fails stage 1 ({', '.join(failed)}); fix that first")
         outcomes = []
         for m in mutations:
             start = time.perf_counter()
-            (copy / TARGET).write_text(apply(original, m))
-            stage, (passed, failed) = 1, run_pytest(copy, STAGE1)
+            (copy / m.path).write_text(apply(originals[m.path], m))
+            stage, (passed, failed) = 1, run_pytest(copy, list(m.tests))
             if passed:
                 stage, (passed, failed) = 2, run_pytest(copy, STAGE2)
-            (copy / TARGET).write_text(original)
+            (copy / m.path).write_text(originals[m.path])
             outcome = Outcome(m.name, not passed, stage if not passed else 0, failed, m.rounding_only,
                               round(time.perf_counter() - start, 1))
             verdict = f"killed (stage {outcome.stage}) by {summarise(failed)}" if outcome.killed else "SURVIVED"
@@ -176,7 +249,7 @@ def summarise(test_ids: list[str]) -> str:
         function, _, param = test_id.split("::", 1)[-1].partition("[")
         families = groups.setdefault(function, {})
         if param:
-            family = param.split("[", 1)[0]
+            family = param.rstrip("]").split("[", 1)[0]
             families[family] = families.get(family, 0) + 1
     parts = []
     for function, families in groups.items():
