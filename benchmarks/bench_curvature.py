@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+import workers
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Widths (n_0, ..., n_L) whose parameter counts are about the named size (tanh MLPs, 10 classes).
@@ -234,19 +236,8 @@ def profile_hvp(widths, n: int, dtype_name: str, threads: int | None, repeats: i
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
-               OPENBLAS_NUM_THREADS=str(spec["threads"]))
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["process_wall_s"] = time.perf_counter() - t0
-    return result
+    """This script's worker for ``spec`` in a fresh process (``workers.run_worker``)."""
+    return workers.run_worker(__file__, spec, timeout, REPO)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,10 +39,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+import workers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -259,16 +260,8 @@ def _rel(a, b) -> float:
 # --------------------------------------------------------------------------------------------------
 
 def run_worker(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    threads = str(spec["threads"])
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """This script's worker for ``spec`` in a fresh process (``workers.run_worker``)."""
+    return workers.run_worker(__file__, spec, timeout, REPO, limit_blas=False)
 
 
 def _ms(t: dict | None) -> str:
