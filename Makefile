@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test lint mutation verify unit bench figures figures-quick vision vision-quick clean
+.PHONY: setup run test lint mutation verify unit bench figures figures-quick vision vision-quick gpu-pack gpu-check clean
 
 # torch is installed first and pinned exactly: this machine has the 2.13.0 CPU wheel on disk, while an
 # unpinned or ranged torch would pull a multi-GB CUDA build.
@@ -62,6 +62,23 @@ vision-quick: setup
 
 vision: setup
 	$(VISION) finetune && $(VISION) merge && $(VISION) report
+
+# The GPU scale check (tvtheory/experiments/gpu_check.py, docs/performance.md "GPU scale check").
+# gpu-pack: a 48 MiB subset of ../shared/data in gpu_data/ (ignored), the folder the device run carries.
+# gpu-check: on CUDA the full check into results/gpu/; without CUDA the --tiny configuration into runs/gpu-tiny/.
+# On the lent H200 (its python3 has torch; nothing is installed from a registry), run with carry ["gpu_data"]:
+#   R=$$PWD; python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site . &&
+#   cd /tmp && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 -m tvtheory.experiments.gpu_check
+#   --data-root $$R/gpu_data --out $$OUT/gpu --no-progress 2>&1 | tee $$OUT/gpu_check.log
+# then copy $$OUT/gpu/gpu_check.json to results/gpu/.
+gpu-pack: setup
+	$(BIN)/python -m tvtheory.experiments.gpu_pack --dest gpu_data
+
+GPU_CHECK_MODE = $(shell $(BIN)/python -c "import torch; print('--out results/gpu' if torch.cuda.is_available() else '--tiny --out runs/gpu-tiny')")
+
+gpu-check: setup
+	test -f gpu_data/manifest.json || $(MAKE) gpu-pack
+	$(BIN)/python -m tvtheory.experiments.gpu_check --data-root gpu_data $(GPU_CHECK_MODE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
