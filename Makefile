@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# weakens each constant of the T4 recursion in a scratch copy and runs the suite (~6 min, not in CI)
+# weakens the checks one named way at a time in a scratch copy and runs the suite (~28 min here, not in CI)
 mutation: setup
 	$(BIN)/python benchmarks/mutation/run_mutations.py
 
