@@ -127,10 +127,17 @@ def worker(spec: dict) -> dict:
     def flat(tensors) -> torch.Tensor:
         return torch.cat([t.reshape(-1) for t in tensors])
 
+    def pyhessian_fresh():
+        # fresh = built, used and freed inside the call, as for the others: PyHessian otherwise keeps its graph
+        # alive in p.grad until its next call, so its memory is reused while a freed graph's pages fault back in
+        hv = flat(hessian_vector_product(pyhessian_object().gradsH, params, v_list))
+        model.zero_grad(set_to_none=True)
+        return hv
+
     fresh = {
         "tvtheory": lambda: curv.hvp(f, theta, v),
         "curvlinops": lambda: cl_op @ v,
-        "pyhessian": lambda: flat(hessian_vector_product(pyhessian_object().gradsH, params, v_list)),
+        "pyhessian": pyhessian_fresh,
     }
     tv_op = curv.hessian_operator(f, theta)
     ph_obj = pyhessian_object()
@@ -154,6 +161,11 @@ def worker(spec: dict) -> dict:
             timed[name]()
             samples[name].append(time.perf_counter() - t0)
     out["time"] = {k: _stats(s) for k, s in samples.items()}
+    # paired per round (the libraries alternate within a round, so load drifts cancel): tvtheory / peer
+    pairs = [("fresh", "curvlinops"), ("fresh", "pyhessian"), ("retained", "pyhessian")]
+    out["paired_ratio"] = {f"{kind}/{peer}": _stats([a / b for a, b in zip(samples[f"{kind}/tvtheory"],
+                                                                            samples[f"{kind}/{peer}"], strict=True)])
+                           for kind, peer in pairs}
 
     # correctness: every fresh product against central differences of the gradient (float64 only)
     ref_hv = curv.hvp(f, theta, v)
@@ -259,9 +271,14 @@ def _rel(a, b) -> float:
 # Driver
 # --------------------------------------------------------------------------------------------------
 
+#: glibc malloc settings of every worker (the same for every library): freed tensors stay mapped, so no library
+#: pays page faults for memory the previous call returned to the system (it made fresh products 1-7 % noisier)
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+
+
 def run_worker(spec: dict, timeout: float) -> dict:
-    """This script's worker for ``spec`` in a fresh process (``workers.run_worker``)."""
-    return workers.run_worker(__file__, spec, timeout, REPO, limit_blas=False)
+    """This script's worker for ``spec`` in a fresh process (``workers.run_worker``), with ``MALLOC_ENV``."""
+    return workers.run_worker(__file__, spec, timeout, REPO, limit_blas=False, env=MALLOC_ENV)
 
 
 def _ms(t: dict | None) -> str:
@@ -272,10 +289,20 @@ def _ratio(t: dict | None, g: dict) -> str:
     return "-" if not t else f"{t['median_s'] / g['median_s']:.2f}"
 
 
+def _paired(r: dict, key: str) -> str:
+    """Median [min, max] of the per-round ratio tvtheory / peer; "level" when the range contains 1."""
+    q = r.get("paired_ratio", {}).get(key)
+    if q is None:
+        return "-"
+    word = "ahead" if q["max_s"] < 1 else "behind" if q["min_s"] > 1 else "level"
+    return f"{q['median_s']:.2f} [{q['min_s']:.2f}, {q['max_s']:.2f}] {word}"
+
+
 def markdown_table(results: list[dict]) -> str:
     """One row per (problem, dtype): HVP times and ratios to a gradient, then the eigenvalue runs."""
     head = ("| problem | P | dtype | grad ms | fresh HVP: tvtheory / curvlinops / PyHessian, gradients | "
-            "retained HVP: tvtheory / PyHessian, gradients | spread (max/min) tvtheory fresh | "
+            "retained HVP: tvtheory / PyHessian, gradients | paired tvtheory/PyHessian fresh | "
+            "paired tvtheory/PyHessian retained | paired tvtheory/curvlinops fresh | "
             "HVP rel. err vs central diff.: tvtheory / curvlinops / PyHessian |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
@@ -285,11 +312,11 @@ def markdown_table(results: list[dict]) -> str:
         t, g = r["time"], r["time"]["grad"]
         fresh = " / ".join(_ratio(t.get(f"fresh/{k}"), g) for k in LIBS)
         ret = " / ".join(_ratio(t.get(f"retained/{k}"), g) for k in ("tvtheory", "pyhessian"))
-        tf = t["fresh/tvtheory"]
         fd = r.get("rel_err_vs_central_differences")
         fd_text = " / ".join(f"{fd[k]:.0e}" for k in LIBS) if fd else "(float32)"
         out.append(f"| {r['problem']} | {r['num_params']:,} | {r['dtype']} | {_ms(g)} | {fresh} | {ret} | "
-                   f"{tf['max_s'] / tf['min_s']:.2f} | {fd_text} |")
+                   f"{_paired(r, 'fresh/pyhessian')} | {_paired(r, 'retained/pyhessian')} | "
+                   f"{_paired(r, 'fresh/curvlinops')} | {fd_text} |")
     out.append("")
     head = ("| problem | P | dtype | top eigenvalue to tol: s (products) tvtheory | curvlinops | PyHessian | "
             "rel. error vs float64 reference: tvtheory / curvlinops / PyHessian | tvtheory, 2 BLAS threads |")
@@ -316,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problems", default=",".join(PROBLEMS), help=f"comma-separated subset of {', '.join(PROBLEMS)}")
     p.add_argument("--dtypes", default="float64,float32", help="float64 first: it computes the reference")
     p.add_argument("--n", type=int, default=1024, help="N, random examples")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds of the HVPs")
-    p.add_argument("--rounds-1e6", type=int, default=3, help="the same for mlp-1e6")
+    p.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds of the HVPs")
+    p.add_argument("--rounds-1e6", type=int, default=15, help="the same for mlp-1e6")
     p.add_argument("--eig-rounds", type=int, default=3, help="interleaved rounds of the eigenvalue runs")
     p.add_argument("--eig-rounds-1e6", type=int, default=1, help="the same for mlp-1e6")
     p.add_argument("--tol", type=float, default=1e-6, help="tolerance of every top-eigenvalue method")
@@ -352,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         raise SystemExit(f"unknown problems/dtypes {bad}; problems: {', '.join(PROBLEMS)}")
     machine = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": args.threads,
-               "blas_threads": BLAS_THREADS, "loadavg_start": os.getloadavg(),
+               "blas_threads": BLAS_THREADS, "malloc_env": MALLOC_ENV, "loadavg_start": os.getloadavg(),
                "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"# {machine['cpu']}, {os.cpu_count()} CPUs, load {machine['loadavg_start']}, torch {torch.__version__}",
           flush=True)

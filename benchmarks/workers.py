@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 
 
-def run_worker(script: str | Path, spec: dict, timeout: float, cwd: Path, limit_blas: bool = True) -> dict:
+def run_worker(script: str | Path, spec: dict, timeout: float, cwd: Path, limit_blas: bool = True,
+               env: dict[str, str] | None = None) -> dict:
     """Run ``script --worker json(spec)`` with spec["threads"] OpenMP/MKL threads (and OpenBLAS threads when
-    ``limit_blas``: without it threadpoolctl may raise them in the worker); its result dict with
-    ``process_wall_s``, or {"error": ...} on a timeout or a failure (the tail of its stderr).
+    ``limit_blas``: without it threadpoolctl may raise them in the worker) and the extra environment ``env``;
+    its result dict with ``process_wall_s``, or {"error": ...} on a timeout or a failure (the tail of its stderr).
     """
     cmd = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)]
     threads = str(spec["threads"])
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env = dict(os.environ, **(env or {}), OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     if limit_blas:
         env["OPENBLAS_NUM_THREADS"] = threads
     start = time.perf_counter()
