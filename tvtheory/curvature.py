@@ -186,5 +186,6 @@ def hessian_norm(
 
 
 def _dense_norm(f: ScalarFn, theta: torch.Tensor) -> float:
-    """max |eigvalsh| of the dense Hessian, in float64."""
-    return float(torch.linalg.eigvalsh(dense_hessian(f, theta).double()).abs().max())
+    """max |eigvalsh| of the dense Hessian, in float64 (0 without an eigensolver when H is exactly zero)."""
+    h = dense_hessian(f, theta).double()
+    return float(torch.linalg.eigvalsh(h).abs().max()) if bool(h.any()) else 0.0
