@@ -259,7 +259,8 @@ def time_command(cmd: list[str], runs: int, timeout: float, threads: int | None 
             codes.append(None)
             tail = [f"timed out after {timeout:.0f} s"]
         walls.append(time.perf_counter() - t0)
-    return {"command": " ".join(cmd), "wall_s": walls, "median_wall_s": statistics.median(walls),
+    return {"command": workers.portable(" ".join(cmd), REPO), "wall_s": walls,
+            "median_wall_s": statistics.median(walls),
             "exit_codes": codes, "last_line": tail[0]}
 
 
@@ -443,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f"  WARNING: {machine['other_benchmark_load']}" if busy else ""), flush=True)
 
     config = {k: v for k, v in vars(args).items() if k != "worker"}
+    config["out"] = workers.portable(args.out, REPO)
     config.update({"threads": threads, "sizes": {k: list(v) for k, v in sizes.items()}, "activation": "tanh",
                    "loss": "ce", "data": "x ~ N(0, 1), labels uniform over the classes"})
     payload = {"config": config, "versions": versions(), "machine": machine, "results": [], "commands": {}}

@@ -383,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
                "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"# {machine['cpu']}, {os.cpu_count()} CPUs, load {machine['loadavg_start']}, torch {torch.__version__}",
           flush=True)
-    payload = {"config": {k: v for k, v in vars(args).items() if k != "worker"}, "versions": versions(),
+    config = {k: v for k, v in vars(args).items() if k != "worker"}
+    config["out"] = workers.portable(args.out, REPO)
+    payload = {"config": config, "versions": versions(),
                "machine": machine, "results": []}
     t_start = time.perf_counter()
     for problem in problems:

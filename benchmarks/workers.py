@@ -36,3 +36,10 @@ def run_worker(script: str | Path, spec: dict, timeout: float, cwd: Path, limit_
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = time.perf_counter() - start
     return result
+
+
+def portable(value: str | Path, repo: Path) -> str:
+    """A path or command as a result file records it: relative to the repository, the interpreter as
+    ``python`` (no absolute path of the machine that ran it)."""
+    text = str(value).replace(sys.executable, "python")
+    return text.replace(f"{repo.resolve()}/", "")
