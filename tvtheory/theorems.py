@@ -163,11 +163,11 @@ def verify_c1(problem: Problem, lr: float, tasks: Sequence[Dataset]) -> Verdict:
     step_gap = relative_error(theta0 + merged / num_tasks, theta0 - lr * mt_grad)
     # the alpha = 1/T merge against one multitask step computed by autograd of L_MT, normwise:
     # ||merged/T + eta grad L_MT|| <= ||C1 model||/T + eta (2 gamma_m + gamma_T + 2u) sum_t ||g_t|| / T
-    # (two computations of each task's gradient, the backward of the mean) + u64 ||merged|| / T
+    # (two computations of each task's gradient, the backward of the mean) + 2 u64 ||merged|| / T
     gap = norm(exact_residual(merged.double() / num_tasks, mt_grad, lr))
     m = gradient_sum_length(problem.model, sum(len(f) for f in objectives))
-    gap_model = (norm(bound) / num_tasks + lr * (2 * gamma(m, u) + gamma(num_tasks, u) + 2 * u)
-                 * sum(norm(g) for g in grads) / num_tasks + 2.0 ** -52 * norm(merged) / num_tasks)
+    gradients = lr * (2 * gamma(m, u) + gamma(num_tasks, u) + 2 * u) * sum(norm(g) for g in grads)
+    gap_model = (norm(bound) + gradients + 2 * unit_roundoff(torch.float64) * norm(merged)) / num_tasks
     gap_ratio = gap / gap_model if gap > 0 else 0.0
     holds = check.holds and gap_ratio <= 1
     return Verdict("C1", holds, max(check.max_ratio, gap_ratio),
@@ -279,8 +279,7 @@ def verify_optimizer(problem: Problem, spec: OptimizerSpec, traj: Trajectory) ->
     (relative error, cosine).
     """
     identity = first_step_identity(spec, traj.theta0, traj.thetas[1], traj.grads[0])
-    replay = replay_check(spec, traj, problem.batch_objectives, problem.objective.layout,
-                          gradient_sum_length(problem.model, max(len(f) for f in problem.batch_objectives)))
+    replay = replay_check(spec, traj, problem.batch_objectives, problem.objective.layout)
     g = gradient(problem.objective, traj.theta0)
     K, B = traj.epochs, traj.steps_per_epoch
     tau_K = traj.task_vector(K)
