@@ -12,6 +12,11 @@ in docs/theory.md and are re-derived with mpmath in tests/test_activation_consta
             sup|g''| = 2 phi(0) = sqrt(2/pi) ~ 0.797885 (x = 0)
 - SiLU x*s(x): sup|f'| ~ 1.099839 at x ~ 2.399357 (root of f''); sup|f''| = 1/2 (x = 0)
 - ReLU is not C^2: it has no c2, and T2-T4 refuse it (T1 still holds for any network).
+
+The curvature certificate T6 (tvtheory.certificate) also needs c3 >= sup|sigma^(3)| and c4 >= sup|sigma^(4)|
+(for its fourth-derivative bound K4 along a segment), found and rounded up the same way:
+- tanh 2 (x = 0), 4.085885502970;  sigmoid 1/8 (x = 0), 0.1276839219679;  softplus 1/(6 sqrt 3), 1/8;
+- GELU 0.7787696350558, 4 phi(0) = 1.595769121606 (x = 0);  SiLU 0.3081815157965, 1/2 (x = 0).
 """
 
 from __future__ import annotations
@@ -24,13 +29,17 @@ import torch
 
 @dataclass(frozen=True)
 class Activation:
-    """An elementwise activation and its T4 constants (c1, c2 are None where no bound exists)."""
+    """An elementwise activation and its constants c_n >= sup|sigma^(n)| (T4: c1, c2; T6 also c3, c4), None
+    where no bound exists.
+    """
 
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     c1: float | None
     c2: float | None
     sigma0: float  # |sigma(0)|
+    c3: float | None = None
+    c4: float | None = None
 
     @property
     def is_c2(self) -> bool:
@@ -45,11 +54,11 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
-        Activation("tanh", torch.tanh, 1.0, 0.7698003589196, 0.0),
-        Activation("sigmoid", torch.sigmoid, 0.25, 0.09622504486494, 0.5),
-        Activation("softplus", torch.nn.functional.softplus, 1.0, 0.25, 0.6931471805600),
-        Activation("gelu", _gelu, 1.128904145186, 0.7978845608029, 0.0),
-        Activation("silu", torch.nn.functional.silu, 1.099839320129, 0.5, 0.0),
+        Activation("tanh", torch.tanh, 1.0, 0.7698003589196, 0.0, 2.0, 4.085885502970),
+        Activation("sigmoid", torch.sigmoid, 0.25, 0.09622504486494, 0.5, 0.125, 0.1276839219679),
+        Activation("softplus", torch.nn.functional.softplus, 1.0, 0.25, 0.6931471805600, 0.09622504486494, 0.125),
+        Activation("gelu", _gelu, 1.128904145186, 0.7978845608029, 0.0, 0.7787696350558, 1.595769121606),
+        Activation("silu", torch.nn.functional.silu, 1.099839320129, 0.5, 0.0, 0.3081815157965, 0.5),
         Activation("relu", torch.relu, 1.0, None, 0.0),
     )
 }

@@ -5,6 +5,13 @@ T4 uses two facts about a loss as a function of the network output f:
 - r: a bound on ||d l / df||.
 MSE  l = 0.5 ||f - y||^2:          lambda = 1,   r <= ||f|| + ||y|| (bounded through the network)
 CE   l = logsumexp(f) - f_y:       lambda = 1/2, r = sqrt 2  (||softmax(f) - e_y||^2 <= 2 (1 - p_y)^2)
+T6 (tvtheory.certificate) also needs bounds on the third and fourth derivatives as symmetric forms,
+kappa_n >= sup over unit u of |d^n l / df^n [u, ..., u]|:
+MSE  kappa_3 = kappa_4 = 0 (l is quadratic in f)
+CE   the n-th derivative of logsumexp along u is the n-th cumulant of X = u_i under p = softmax(f). With
+     R = max u_i - min u_i <= sqrt 2 (u_i - u_j <= sqrt(2 (u_i^2 + u_j^2))), Var X <= R^2/4 <= 1/2 and
+     |X - E X| <= R, so |kappa_3| <= E|X - E X|^3 <= R Var X <= 1/sqrt 2 and
+     kappa_4 = E(X - E X)^4 - 3 Var^2 lies in [-3/4, R^2 Var X] subset [-3/4, 1]: kappa_4 = 1.
 Losses are written with elementary operations (not F.mse_loss / F.cross_entropy) so that
 forward-over-reverse Hessian-vector products work through them.
 """
@@ -35,16 +42,20 @@ def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Loss:
-    """A loss with the curvature constant lambda of T4 (the gradient bound r is computed in bounds)."""
+    """A loss with the curvature constant lambda of T4 (the gradient bound r is computed in bounds) and the
+    third- and fourth-derivative constants kappa_3, kappa_4 of T6.
+    """
 
     name: str
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     curvature: float  # lambda >= ||d^2 l/df^2||_2
+    third: float = 0.0   # kappa_3 >= sup_{||u|| = 1} |d^3 l/df^3 [u, u, u]|
+    fourth: float = 0.0  # kappa_4 >= sup_{||u|| = 1} |d^4 l/df^4 [u, u, u, u]|
 
 
 LOSSES: dict[str, Loss] = {
     "mse": Loss("mse", mse, 1.0),
-    "ce": Loss("ce", cross_entropy, 0.5),
+    "ce": Loss("ce", cross_entropy, 0.5, 0.7071067811866, 1.0),
 }
 
 CE_GRADIENT_BOUND = math.sqrt(2.0)
