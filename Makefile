@@ -1,4 +1,4 @@
-# make run: set up and check T1-T4 on the default MLP; make test: set up and run every test; make lint: ruff and mypy.
+# make run: set up and check T1-T6 on the default MLP; make test: set up and run every test; make lint: ruff and mypy.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

@@ -16,7 +16,14 @@ measures, after warm-up, the median wall time over several repeats of
   dense     dense_hessian (only where P <= 5,000, the library's guard; skipped above)
   lanczos   hessian_norm(method='lanczos'), with the number of Hessian-vector products it reports having
             used (HessianNorm.products) and the time of one such product
-and the peak resident memory (ru_maxrss) of each measurement. Every (size, dtype, check) runs in its own
+  t6        the T6 certificate at one point, ``certified_norms(problem, [theta])`` (tvtheory.certificate, default
+            CertificateConfig: epsilon 0.1, failure <= 1e-9; float64 only), with its Hessian-vector products
+            (Lanczos estimate and Chebyshev tests), levels tried, degree m and draws r
+  t6_segment  one ``certify_segment`` on the short GD step [theta, theta - eta grad L(theta)] (eta =
+            ``--t6-step``, float64 only): the point certificates on its grid plus the fourth-derivative remainder;
+            skipped above ``--t6-segment-max-params`` (the grid grows with the step length x sqrt(K4 / ||H||))
+and the peak resident memory (ru_maxrss) of each measurement. Times of t6 and t6_segment are also given in
+gradients (their median over the median of grad of the same size and dtype). Every (size, dtype, check) runs in its own
 subprocess, so each peak belongs to one check; "extra" is the peak minus the RSS after the setup.
 It also times the CLI default (``python -m tvtheory.bound --no-progress``) and ``pytest verification/``,
 ``pytest tests/``. Results go to a JSON file (written atomically, with the config and library versions)
@@ -48,7 +55,7 @@ PRESETS: dict[str, tuple[int, ...]] = {
     "1e5": (784, 128, 10),          # P = 101,770
     "1e6": (784, 1024, 256, 10),    # P = 1,068,810
 }
-CHECKS = ("grad", "hvp", "hvp_fr", "hvp_rr", "t4", "t4_svd", "dense", "lanczos")
+CHECKS = ("grad", "hvp", "hvp_fr", "hvp_rr", "t4", "t4_svd", "dense", "lanczos", "t6", "t6_segment")
 
 
 def num_params(widths) -> int:
@@ -182,11 +189,53 @@ def worker(spec: dict) -> dict:
         op = curv.hessian_operator(f, theta)
         x0 = v.double().numpy()
         out["time_operator_matvec"] = _time(lambda: op.matvec(x0), 1, spec["repeats"])
+    elif check in ("t6", "t6_segment"):
+        if dtype != torch.float64:
+            out["skipped"] = "float64 only (T6's floating-point model is float64's)"
+        elif check == "t6_segment" and theta.numel() > spec["t6_segment_max_params"]:
+            out["skipped"] = (f"P = {theta.numel()} > --t6-segment-max-params {spec['t6_segment_max_params']} "
+                              "(its grid has tens of points there, each a point certificate)")
+        else:
+            out.update(_certificate(check, model, f, theta, v, spec))
     else:
         raise ValueError(f"unknown check {check!r}")
     out["rss_base_mib"] = base
     out["rss_peak_mib"] = _rss_peak_mib()
     out["rss_extra_mib"] = out["rss_peak_mib"] - base
+    return out
+
+
+def _certificate(check: str, model, f, theta, v, spec: dict) -> dict:
+    """The t6 / t6_segment measurement (float64): time, products and the certificate's own numbers."""
+    import numpy as np
+
+    import tvtheory.curvature as curv
+    from tvtheory.certificate import CertificateConfig, certified_norms, certify_segment
+    from tvtheory.data import Dataset
+    from tvtheory.problem import make_problem
+
+    config = CertificateConfig()
+    out: dict = {"certificate_config": {"epsilon": config.epsilon, "slack": config.slack, "delta": config.delta}}
+    curv.hvp(f, theta, v)                                             # warm the kernels
+    if check == "t6":
+        problem = make_problem(model, "ce", Dataset("random", f.x, f.target, spec["widths"][-1]))
+        certs: list = []
+        out["time"] = _time(lambda: certs.append(certified_norms(problem, [theta], config)[0]), 0,
+                            spec["heavy_repeats"])
+        c = certs[-1]
+        out.update(value=c.value, estimate=c.estimate, products=[p.products for p in certs], rungs=c.rungs,
+                   degree=c.degree, draws=c.draws, failure=c.failure, fallback=c.fallback)
+    else:
+        step = spec["t6_step"]
+        end = theta - step * curv.gradient(f, theta)
+        segs: list = []
+        out["time"] = _time(lambda: segs.append(certify_segment(f, theta, end, config, config.delta,
+                                                                np.random.default_rng(config.seed))), 0,
+                            spec["heavy_repeats"])
+        g = segs[-1]
+        out.update(value=g.value, t4=g.t4, grid_max=g.grid_max, remainder=g.remainder, fourth=g.fourth,
+                   pieces=g.pieces, products=[s.products for s in segs], failure=g.failure, step=step,
+                   step_length=float((end - theta).norm()))
     return out
 
 
@@ -332,10 +381,25 @@ def summary_rows(results: list[dict]) -> list[dict]:
             "hessian_norm_lanczos": c.get("lanczos", {}).get("hessian_norm_lanczos"),
             "hessian_norm_dense": c.get("dense", {}).get("hessian_norm_dense"),
             "t4_bound_M": c.get("t4", {}).get("bound_M"),
+            "t6_s": med("t6"), "t6_over_grad": ratio(med("t6"), g),
+            "t6_products": _median(c.get("t6", {}).get("products")), "t6_rungs": c.get("t6", {}).get("rungs"),
+            "t6_degree": c.get("t6", {}).get("degree"), "t6_draws": c.get("t6", {}).get("draws"),
+            "t6_value": c.get("t6", {}).get("value"), "t6_estimate": c.get("t6", {}).get("estimate"),
+            "t6_failure": c.get("t6", {}).get("failure"), "t6_fallback": c.get("t6", {}).get("fallback"),
+            "t6_segment_s": med("t6_segment"), "t6_segment_over_grad": ratio(med("t6_segment"), g),
+            "t6_segment_products": _median(c.get("t6_segment", {}).get("products")),
+            "t6_segment_pieces": c.get("t6_segment", {}).get("pieces"),
+            "t6_segment_value": c.get("t6_segment", {}).get("value"),
+            "t6_segment_t4": c.get("t6_segment", {}).get("t4"),
+            "t6_segment_remainder": c.get("t6_segment", {}).get("remainder"),
             "peak_extra_mib": {k: v.get("rss_extra_mib") for k, v in c.items() if "time" in v},
             "errors": {k: v["error"] for k, v in c.items() if "error" in v},
         })
     return rows
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
 
 
 def _f(x, spec=".3g"):
@@ -343,7 +407,7 @@ def _f(x, spec=".3g"):
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Table 1: the library as it is. Table 2: the prototypes. Table 3: peak memory."""
+    """Table 1: the library as it is. Table 2: the prototypes. Table 3 (when measured): T6. Table 4: peak memory."""
     out = []
     head = ("| P | widths | N | dtype | grad ms | HVP ms | HVP/grad | T4 ms | T4/grad | T4: norms ms | "
             "dense Hessian s | Lanczos ms / #HVP | Lanczos: ms per product |")
@@ -366,6 +430,23 @@ def markdown_table(rows: list[dict]) -> str:
                    f"{_f(r['t4_svd_ms'])} | {_f(r['t4_svd_over_grad'], '.2f')} | "
                    f"{_f(r['t4_max_rel_excess'], '.1e')} | {r['t4_upper_bound_holds']} |")
     out.append("")
+    if any(r["t6_s"] is not None or r["t6_segment_s"] is not None for r in rows):
+        head = ("| P | dtype | T6 point s | its /grad | #HVP | levels / m / r | T6 value / Lanczos estimate | "
+                "T6 segment s | its /grad | #HVP | grid pieces | segment value / T4 |")
+        out += [head, "|" + "---|" * (head.count("|") - 1)]
+        for r in rows:
+            if r["t6_s"] is None and r["t6_segment_s"] is None:
+                continue
+            plan = "n/a" if r["t6_rungs"] is None else f"{r['t6_rungs']} / {r['t6_degree']} / {r['t6_draws']}"
+            tight = (r["t6_value"] / r["t6_estimate"] if r["t6_value"] is not None and r["t6_estimate"]
+                     else None)
+            seg = (r["t6_segment_value"] / r["t6_segment_t4"] if r["t6_segment_value"] is not None
+                   and r["t6_segment_t4"] else None)
+            out.append(f"| {r['P']:,} | {r['dtype']} | {_f(r['t6_s'])} | {_f(r['t6_over_grad'], '.0f')} | "
+                       f"{_f(r['t6_products'], '.0f')} | {plan} | {_f(tight, '.4f')} | {_f(r['t6_segment_s'])} | "
+                       f"{_f(r['t6_segment_over_grad'], '.0f')} | {_f(r['t6_segment_products'], '.0f')} | "
+                       f"{_f(r['t6_segment_pieces'], 'd')} | {_f(seg, '.2e')} |")
+        out.append("")
     keys = CHECKS
     head = "| P | dtype | " + " | ".join(keys) + " |"
     out += ["Peak RSS above the worker's post-setup RSS, MiB:", "", head, "|" + "---|" * (head.count("|") - 1)]
@@ -391,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed repeats of dense_hessian and Lanczos (after one warm-up HVP)")
     p.add_argument("--lanczos-tol", type=float, default=1e-8, help="tol of hessian_norm (its default)")
     p.add_argument("--lanczos-maxiter", type=int, default=None, help="maxiter of hessian_norm")
+    p.add_argument("--t6-step", type=float, default=0.01,
+                   help="eta of the GD step [theta, theta - eta grad] that t6_segment certifies")
+    p.add_argument("--t6-segment-max-params", type=int, default=200_000,
+                   help="skip t6_segment above this P (at 1e6 the step's grid has 57 pieces)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of every worker, the CLI and pytest (unset: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -456,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
                 spec = {"check": check, "widths": list(widths), "n": args.n, "dtype": dtype, "seed": args.seed,
                         "threads": threads, "warmup": args.warmup, "repeats": args.repeats,
                         "heavy_repeats": args.heavy_repeats, "lanczos_tol": args.lanczos_tol,
-                        "lanczos_maxiter": args.lanczos_maxiter}
+                        "lanczos_maxiter": args.lanczos_maxiter, "t6_step": args.t6_step,
+                        "t6_segment_max_params": args.t6_segment_max_params}
                 res = run_worker(spec, args.timeout)
                 entry["checks"][check] = res
                 brief = res.get("error") or res.get("skipped") or f"{fmt_ms(res.get('time'))} ms"

@@ -1,14 +1,19 @@
 """F4, second-order error (T2, T3) on the default MLP (digits, widths 64,32,10, tanh, CE, float64).
 
 Left: for k = 1..K epochs of full-batch GD, ||E_k|| = ||tau_k + k eta g||, the second-order prediction
-||eta^2 C(k,2) H g||, what is left after it, ||E_k - eta^2 C(k,2) H g||, and the a-posteriori bound T2(c)
-(M_j from T4). Right: ||R|| = ||tau - first - second order|| against eta on log-log axes, for GD after k
-epochs (T2(a)) and for one epoch of B-batch SGD (T3), eta = eta_max / 2^i from the asymptotic regime
-eta_max ||H|| k = 0.1; the fitted slopes (expected 3) are printed on the plot.
-All numbers come from tvtheory (epoch_rows, resolved_slope), not re-derived here.
+||eta^2 C(k,2) H g||, what is left after it, ||E_k - eta^2 C(k,2) H g||, and the a-posteriori bound T2(c),
+eta sum_{j<k} M_j ||theta_j - theta_0||, twice: with M_j from T6 (tvtheory.certificate: M_j >= sup of ||H|| on
+[theta_0, theta_j], all j together with failure probability <= delta over the certificate's own draws) and with
+M_j from T4 (deterministic). The tables add the dominance numbers eta k max_j M_j of both and the M_j themselves.
+Right: ||R|| = ||tau - first - second order|| against eta on log-log axes, for GD after k epochs (T2(a)) and for
+one epoch of B-batch SGD (T3), eta = eta_max / 2^i from the asymptotic regime eta_max ||H|| k = 0.1; the fitted
+slopes (expected 3) are printed on the plot.
+All numbers come from tvtheory (step_curvature_certificates, epoch_rows, resolved_slope), not re-derived here.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -19,8 +24,11 @@ NAME = "f4_second_order"
 TITLE = "F4: second-order error of the task vector (T2, T3)"
 SOURCE = "theory"
 
+# "certificate": the parameters of tvtheory.certificate.CertificateConfig set here (the rest: its defaults,
+# recorded in the result's summary); epsilon: a point certificate is (1 + epsilon) x an accepted level, delta: the
+# failure probability of all of the trajectory's M_j together, seed: the certificate's draws
 _BASE = {"data": "digits", "samples": None, "widths": [64, 32, 10], "activation": "tanh", "loss": "ce",
-         "lr": 0.1, "seed": 0, "dtype": "float64"}
+         "lr": 0.1, "seed": 0, "dtype": "float64", "certificate": {"epsilon": 0.1, "delta": 1e-9, "seed": 0}}
 CONFIGS = {
     "quick": {**_BASE, "epochs": 6, "remainder_epochs": 5, "halvings": 5, "t3_batches": 4},
     "default": {**_BASE, "epochs": 10, "remainder_epochs": 5, "halvings": 8, "t3_batches": 4},
@@ -28,7 +36,7 @@ CONFIGS = {
 
 
 def steps(config: dict) -> int:
-    return 5
+    return 6
 
 
 def seeds(config: dict) -> int:
@@ -47,6 +55,9 @@ def _problem(config: dict):
 
 
 def compute(config: dict, bar) -> dict:
+    import dataclasses
+
+    from tvtheory.certificate import CertificateConfig, step_curvature_certificates
     from tvtheory.curvature import hessian_norm
     from tvtheory.optimizers import OptimizerSpec
     from tvtheory.remainder import RESOLVED_FACTOR, resolved_slope
@@ -57,7 +68,10 @@ def compute(config: dict, bar) -> dict:
     problem = _problem(config)
     traj = gradient_descent(problem.objective, problem.theta0, lr, K)
     bar.update()
-    rows = epoch_rows(problem, OptimizerSpec("gd", lr), traj)
+    certificate = CertificateConfig(**config["certificate"])
+    certs = step_curvature_certificates(problem, traj, certificate)      # T6's M_j (T4's beside them)
+    bar.update()
+    rows = epoch_rows(problem, OptimizerSpec("gd", lr), traj, certificates=certs)
     bar.update()
     h0 = hessian_norm(problem.objective, problem.theta0).value
     bar.update()
@@ -76,10 +90,20 @@ def compute(config: dict, bar) -> dict:
                      "points": len(fit["points"]), "resolved": fit["resolved"], "slope": fit["slope"]})
     return {
         "summary": {"num_params": problem.num_params, "num_examples": len(problem.objective), "lr": lr,
-                    "hessian_norm_theta0": h0, "resolved_factor": RESOLVED_FACTOR},
+                    "hessian_norm_theta0": h0, "resolved_factor": RESOLVED_FACTOR,
+                    "certificate_config": dataclasses.asdict(certificate),
+                    "certificate_failure": certs.failure, "certificate_products": certs.products,
+                    "certificate_grid_points": sum(len(seg.points) for seg in certs.segments)},
         "epochs": [{key: r.get(key) for key in ("k", "tau_norm", "first_order_norm", "error_norm",
                                                 "second_order_norm", "second_order_residual_norm", "bound",
-                                                "bound_ratio", "dominance", "rounding_allowance")} for r in rows],
+                                                "bound_ratio", "bound_t4", "bound_ratio_t4", "dominance",
+                                                "dominance_t4", "rounding_allowance")} for r in rows],
+        # M_j of step j (on [theta_0, theta_j]): T6's certificate, its parts, and T4's bound; grid_max is None
+        # where the grid was not tested (theta_0's certificate + remainder >= T4: M_j is T4's)
+        "steps": [{"j": j, "M_t6": seg.value, "M_t4": seg.t4,
+                   "grid_max": seg.grid_max if math.isfinite(seg.grid_max) else None, "remainder": seg.remainder,
+                   "pieces": seg.pieces, "points": len(seg.points), "products": seg.products}
+                  for j, seg in enumerate(certs.segments)],
         "remainder": points,
         "fits": fits,
     }
@@ -92,13 +116,15 @@ def _positive(xs, ys):
 
 def draw(result: dict):
     data, config = result["data"], result["config"]
-    fig, axes = style.figure(2, height=6.0)
+    fig, axes = style.figure(2, height=6.4)
     left, right = axes[0]
 
     # ---- left: E_k, its second-order prediction, what is left, and the T2(c) bound, against k
     rows = [r for r in data["epochs"] if r["k"] >= 2]          # E_1 = 0 exactly (T1): nothing to draw on log axes
     ks = [r["k"] for r in rows]
-    lines = [("bound", "T2(c) bound  $\\eta\\sum_j M_j\\|\\theta_j-\\theta_0\\|$", style.GREEN, "^", "-", True),
+    bound = "T2(c) bound $\\eta\\,\\Sigma_j M_j\\|\\theta_j-\\theta_0\\|$"  # inline sum: one-line legend entry
+    lines = [("bound_t4", f"{bound}, $M_j$: T4", style.GREEN, "^", "-", True),
+             ("bound", f"{bound}, $M_j$: T6 certificate", style.PURPLE, "v", "-", True),
              ("error_norm", "$\\|E_k\\|$ (measured)", style.BLACK, "o", "-", True),
              ("second_order_norm", "2nd-order prediction $\\|\\eta^2\\binom{k}{2}Hg\\|$", style.BLUE, "s", "--", False),
              ("second_order_residual_norm", "$\\|E_k - \\eta^2\\binom{k}{2}Hg\\|$", style.VERMILLION, "D", "-", True)]
@@ -115,6 +141,13 @@ def draw(result: dict):
     left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), fontsize=12, ncol=1, frameon=False)
     e1 = data["epochs"][0]["error_norm"]
     style.note(left, f"$k$ = 1: $E_1$ = 0 (T1);\nmeasured {e1:.1e} (rounding)", "upper left", fontsize=10)
+    ratios = []
+    for key, name in (("bound_ratio", "T6"), ("bound_ratio_t4", "T4")):
+        r = [row[key] for row in data["epochs"] if row.get(key) is not None]
+        if r:
+            ratios.append(f"{name}: {min(r):.3g}–{max(r):.3g}")
+    if ratios:
+        style.note(left, "bound / $\\|E_k\\|$ over $k$\n" + "\n".join(ratios), "lower right", fontsize=10)
 
     # ---- right: ||R|| against eta, log-log, with fitted slopes and a slope-3 reference
     colours = {"T2": style.BLUE, "T3": style.VERMILLION}
@@ -159,8 +192,19 @@ def tables(result: dict) -> list[Table]:
                                           ("‖H(θ₀)‖₂ (Lanczos)", "hessian_norm_theta0")]),
         Table("Left panel: error of the first-order prediction after k epochs of GD", "data.epochs",
               [("k", "k"), ("‖E_k‖", "error_norm"), ("‖η²C(k,2)Hg‖", "second_order_norm"),
-               ("‖E_k − 2nd order‖", "second_order_residual_norm"), ("T2(c) bound", "bound"),
-               ("bound/‖E_k‖", "bound_ratio"), ("‖τ_k‖", "tau_norm"), ("‖kηg‖", "first_order_norm")]),
+               ("‖E_k − 2nd order‖", "second_order_residual_norm"), ("T2(c) bound, T6's M_j", "bound"),
+               ("bound/‖E_k‖ (T6)", "bound_ratio"), ("T2(c) bound, T4's M_j", "bound_t4"),
+               ("bound/‖E_k‖ (T4)", "bound_ratio_t4"), ("η k max M_j (T6)", "dominance"),
+               ("η k max M_j (T4)", "dominance_t4"),
+               ("‖τ_k‖", "tau_norm"), ("‖kηg‖", "first_order_norm")]),
+        Table("Left panel: M_j on [θ₀, θ_j], T6 certificate (min of T4 and grid maximum + remainder h²K₄/8) and T4 "
+              "bound",
+              "data.steps", [("j", "j"), ("M_j (T6)", "M_t6"), ("M_j (T4)", "M_t4"), ("grid max", "grid_max"),
+                             ("remainder", "remainder"), ("pieces", "pieces"), ("points tested", "points"),
+                             ("HVPs", "products")]),
+        Table("T6 certificate of the M_j", "data.summary",
+              [("failure probability (all M_j)", "certificate_failure"), ("HVPs", "certificate_products"),
+               ("grid points", "certificate_grid_points")]),
         Table("Right panel: remainder against the learning rate", "data.remainder",
               [("series", "series"), ("η", "eta"), ("‖R‖", "remainder"), ("rounding allowance", "allowance"),
                ("in fit", "fitted")]),

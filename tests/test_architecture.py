@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
                      "tvtheory.curvature"], 1),
     **dict.fromkeys(["tvtheory.trajectory", "tvtheory.problem"], 2),
     **dict.fromkeys(["tvtheory.task_vectors", "tvtheory.expansion", "tvtheory.bounds", "tvtheory.fp",
-                     "tvtheory.optimizers", "tvtheory.replay"], 3),
+                     "tvtheory.optimizers", "tvtheory.replay", "tvtheory.certificate"], 3),
     **dict.fromkeys(["tvtheory.remainder", "tvtheory.table", "tvtheory.atm"], 4),
     "tvtheory.theorems": 5,
     **dict.fromkeys(["tvtheory.cli", "tvtheory.user_model"], 6),

@@ -22,7 +22,7 @@ from tvtheory.io import versions
 
 SMALL = ["--data", "synthetic", "--samples", "64", "--widths", "5,8,3", "--epochs", "3", "--no-progress"]
 HEADER = ["k", "||tau_k||", "||1st order||", "||E_k||", "||E_k - 2nd||", "bound", "bound/||E_k||",
-          "cos(tau_k,-g)", "eta*M*k"]
+          "bound (T4)", "cos(tau_k,-g)", "eta*M*k"]
 VERDICTS = ["T1", "C1", "T2", "T3", "T4", "T5", "optimizer"]
 VIT_SMALL = ["--arch", "vit", "--data", "synthetic", "--samples", "64", "--epochs", "3", "--no-progress"]
 
@@ -77,6 +77,10 @@ def test_json_schema(small_run):
                                                                 "second_order_residual_norm", "bound"))
     assert report["epochs"][0]["bound"] == 0.0
     assert all(e["error_norm"] <= e["bound"] + e["rounding_allowance"] for e in report["epochs"][1:])
+    # T6's M_s is never above T4's (the certificate is min(T4, grid + remainder)), so neither are its bounds
+    assert all(e["bound"] <= e["bound_t4"] and e["dominance"] <= e["dominance_t4"] for e in report["epochs"])
+    cert = report["certificate"]
+    assert cert["name"] == "T6" and cert["delta"] == 1e-9 and 0 < cert["table_failure"] <= cert["delta"] / 3
     assert set(report["verdicts"]) == set(VERDICTS)
     for name, v in report["verdicts"].items():
         assert {"holds", "margin"} <= set(v), name
@@ -336,14 +340,14 @@ def test_vit_run_exits_0_with_every_applicable_verdict_holding_and_t4_not_applic
     table = lines[next(i for i, line in enumerate(lines) if "||tau_k||" in line) + 1:]
     rows = [line.split() for line in table[:table.index("")]]
     assert [r[0] for r in rows] == ["1", "2", "3"] and all(len(r) == len(HEADER) for r in rows)
-    assert all(r[5] == r[6] == r[8] == "n/a" for r in rows)            # bound, bound/||E_k||, eta*M*k
+    assert all(r[5] == r[6] == r[7] == r[9] == "n/a" for r in rows)    # bound, bound/||E_k||, T4's, eta*M*k
     assert all(r[4] != "n/a" for r in rows)                           # the second-order term is measured
     for name in ("T1", "C1", "T2", "T3", "T5", "optimizer"):
         assert re.search(rf"^\s*{name}: holds\s", out, re.M), name
     assert "(b) n/a: no T4 bound M for this network" in out                 # T5(a) alone is judged
     assert re.search(r"^\s*T2: holds\s+\(c\) n/a: no T4 bound M_j for this network; \(a\) slope", out, re.M)
     assert f"       T4: n/a    {T4_NOTE}" in lines
-    assert "(no rigorous M for this network: T4 is n/a)" in out
+    assert "(no rigorous M for this network: T4 and T6 are n/a)" in out
 
 
 def test_vit_json_has_the_schema_of_the_mlp_report(small_run, vit_run):

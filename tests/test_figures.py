@@ -11,6 +11,7 @@ import json
 import platform
 import re
 import socket
+import statistics
 import sys
 import types
 from pathlib import Path
@@ -156,6 +157,156 @@ def test_headline_numbers_are_in_numbers_md(made):
         assert format_cell(row["max_ratio"]) in text
     for run in f6["data"]["runs"]:     # the per-coordinate ratios agree with tvtheory's own T1 check
         assert run["max_ratio"] == pytest.approx(run["check_t1_max_ratio"], rel=1e-12)
+    for row in f4["data"]["epochs"]:   # the T2(c) bound with T6's M_j and with T4's, side by side
+        for key in ("bound", "bound_t4", "bound_ratio", "bound_ratio_t4", "dominance", "dominance_t4"):
+            assert format_cell(row[key]) in text, key
+    f5 = load(made["results"] / "theory" / "f5_curvature_bound.json")
+    for key in ("min_certificate_tightness", "median_certificate_tightness", "max_certificate_tightness",
+                "min_tightness", "max_tightness"):
+        assert format_cell(f5["data"]["overall"][key]) in text, key
+
+
+# ---- F4 and F5: T6's certificate beside T4's bound, checked against the result files (the tiny ones made here and
+# the committed ones in results/theory/)
+
+COMMITTED = REPO / "results" / "theory"
+
+
+def _theory_result(made, source: str, name: str) -> dict:
+    if source == "made":
+        return load(made["results"] / "theory" / f"{name}.json")
+    path = COMMITTED / f"{name}.json"
+    if not path.exists():
+        pytest.skip(f"{path} is not committed")
+    return load(path)
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+@pytest.mark.parametrize("source", ["made", "committed"])
+def test_f4_bounds_with_t6_and_t4_follow_from_their_step_bounds(made, source):
+    """Each epoch's dominance numbers eta k max_{j<k} M_j and ratios bound / ||E_k|| from the recorded M_j (full-batch
+    GD: one step per epoch); T6's M_j is min(T4, grid maximum + remainder) (T4's where the grid was not tested), at
+    least ||H(theta_0)|| (theta_0 is on every segment) and at most T4's; T2(c) holds with either: ||E_k|| <= bound
+    (T6) <= bound (T4)."""
+    result = _theory_result(made, source, "f4_second_order")
+    data, config = result["data"], result["config"]
+    lr, steps, summary = config["lr"], data["steps"], data["summary"]
+    assert [s["j"] for s in steps] == list(range(config["epochs"]))
+    for s in steps:
+        if s["grid_max"] is None:                            # grid not tested: it could not beat T4
+            assert s["M_t6"] == s["M_t4"] and s["points"] == 1
+        else:
+            assert s["M_t6"] == min(s["M_t4"], s["grid_max"] + s["remainder"])
+            assert s["points"] == s["pieces"] + 1            # theta_0 and the grid points
+        assert summary["hessian_norm_theta0"] <= s["M_t6"] <= s["M_t4"]
+    resolved = 0
+    for row in data["epochs"]:
+        k = row["k"]
+        assert row["dominance"] == pytest.approx(lr * k * max(s["M_t6"] for s in steps[:k]), rel=1e-14)
+        assert row["dominance_t4"] == pytest.approx(lr * k * max(s["M_t4"] for s in steps[:k]), rel=1e-14)
+        assert row["bound"] <= row["bound_t4"]
+        if row["bound_ratio"] is not None:
+            resolved += 1
+            assert row["bound_ratio"] == pytest.approx(row["bound"] / row["error_norm"], rel=1e-15)
+            assert row["bound_ratio_t4"] == pytest.approx(row["bound_t4"] / row["error_norm"], rel=1e-15)
+            assert row["error_norm"] <= row["bound"]          # T2(c) with T6's M_j
+        else:
+            assert row["bound_ratio_t4"] is None
+    assert resolved == config["epochs"] - 1                  # k = 1: E_1 = 0, rounding only
+    assert 0 < summary["certificate_failure"] <= config["certificate"]["delta"]
+    assert summary["certificate_grid_points"] == sum(s["points"] for s in steps)
+    assert summary["certificate_products"] > sum(s["products"] for s in steps)    # + the certificate at theta_0
+    assert {k: summary["certificate_config"][k] for k in config["certificate"]} == config["certificate"]
+
+
+def test_f4_step_bounds_are_the_librarys(made):
+    """The recorded M_j (T6 and T4), their failure probability and product count: step_curvature_certificates on
+    the same trajectory, with the recorded CertificateConfig."""
+    from tvtheory.certificate import CertificateConfig, step_curvature_certificates
+    from tvtheory.trajectory import gradient_descent
+
+    result = load(made["results"] / "theory" / "f4_second_order.json")
+    data, config = result["data"], result["config"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                 # as the result was computed (paper_figures.results.compute)
+    try:
+        problem = f4_second_order._problem(config)
+        traj = gradient_descent(problem.objective, problem.theta0, config["lr"], config["epochs"])
+        certs = step_curvature_certificates(problem, traj, CertificateConfig(**data["summary"]["certificate_config"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert [s["M_t6"] for s in data["steps"]] == pytest.approx(certs.values, rel=1e-12)
+    assert [s["M_t4"] for s in data["steps"]] == pytest.approx(certs.t4, rel=1e-12)
+    assert [s["pieces"] for s in data["steps"]] == [seg.pieces for seg in certs.segments]
+    assert data["summary"]["certificate_failure"] == pytest.approx(certs.failure, rel=1e-12)
+    assert data["summary"]["certificate_products"] == certs.products
+
+
+@pytest.mark.parametrize("source", ["made", "committed"])
+def test_f5_certificate_holds_within_the_target_and_its_tables_are_its_rows(made, source):
+    """Every network: ||H|| <= T6 certificate <= T4 bound (T4 is T6's fallback), tightness = certificate / ||H||,
+    failure <= delta; the summaries (per setting, per sweep, overall) are those of the rows; and the issue's target,
+    T6 <= TARGET x ||H|| on every network."""
+    result = _theory_result(made, source, "f5_curvature_bound")
+    data, config = result["data"], result["config"]
+    rows, overall = data["rows"], data["overall"]
+    delta = config["certificate"]["delta"]
+    for r in rows:
+        assert r["hessian_norm"] <= r["certificate"] <= r["bound"], r
+        assert r["certificate_holds"] and r["bound_holds"]
+        assert r["certificate_tightness"] == pytest.approx(r["certificate"] / r["hessian_norm"], rel=1e-15)
+        assert 0 <= r["certificate_failure"] <= delta
+        assert not r["certificate_fallback"] or r["certificate"] == r["bound"]     # a fallback is T4 itself
+    networks = {(r["widths"], r["activation"], r["loss"], r["seed"]): r for r in rows}.values()
+    t6 = [r["certificate_tightness"] for r in networks]
+    assert overall["networks"] == len(networks)
+    assert (overall["median_certificate_tightness"], overall["min_certificate_tightness"],
+            overall["max_certificate_tightness"]) == _spread(t6)
+    assert overall["certificate_holds_everywhere"] == all(r["certificate_holds"] for r in networks)
+    assert overall["certificate_within_target"] == (max(t6) <= overall["certificate_target"])
+    assert overall["certificate_target"] == f5_curvature_bound.TARGET
+    assert overall["certificate_fallbacks"] == sum(r["certificate_fallback"] for r in networks)
+    assert overall["certificate_failure_total"] == pytest.approx(sum(r["certificate_failure"] for r in networks))
+    assert overall["certificate_products_max"] == max(r["certificate_products"] for r in networks)
+    assert overall["certificate_rungs_max"] == max(r["certificate_rungs"] for r in networks)
+    for s in data["summary"]:
+        mine = [r for r in rows if (r["sweep"], r["setting"], r["loss"]) == (s["sweep"], s["setting"], s["loss"])]
+        assert len(mine) == s["seeds"] == len(config["seeds"])
+        assert (s["median"], s["min"], s["max"]) == _spread([r["tightness"] for r in mine])
+        assert (s["t6_median"], s["t6_min"], s["t6_max"]) == _spread([r["certificate_tightness"] for r in mine])
+    assert [s["sweep"] for s in data["sweeps"]] == list(f5_curvature_bound.SWEEPS)
+    for s in data["sweeps"]:
+        mine = [r for r in rows if r["sweep"] == s["sweep"]]
+        assert s["networks"] == len(mine)
+        assert (s["t4_median"], s["t4_min"], s["t4_max"]) == _spread([r["tightness"] for r in mine])
+        assert (s["t6_median"], s["t6_min"], s["t6_max"]) == _spread([r["certificate_tightness"] for r in mine])
+    assert overall["certificate_holds_everywhere"] and overall["certificate_within_target"], overall
+
+
+def test_f5_certificates_are_the_librarys(made):
+    """Two recorded networks' T6 certificates: certified_norms at theta_0 with the recorded CertificateConfig."""
+    from tvtheory.certificate import CertificateConfig, certified_norms
+    from tvtheory.models import make_mlp
+    from tvtheory.problem import make_problem
+
+    result = load(made["results"] / "theory" / "f5_curvature_bound.json")
+    data, config = result["data"], result["config"]
+    digits = f5_curvature_bound.digits_data(config["samples"], config["subset_seed"])
+    certificate = CertificateConfig(**data["overall"]["certificate_config"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for r in (data["rows"][0], data["rows"][-1]):
+            widths = [int(w) for w in r["widths"].split("-")]
+            problem = make_problem(make_mlp(widths, r["activation"], seed=r["seed"]), r["loss"], digits)
+            cert = certified_norms(problem, [problem.theta0], certificate)[0]
+            assert (r["certificate"], r["certificate_products"], r["certificate_rungs"]) == (
+                pytest.approx(cert.value, rel=1e-12), cert.products, cert.rungs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_stored_results_are_reused_and_stale_ones_recomputed(made, capsys):

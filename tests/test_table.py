@@ -17,7 +17,8 @@ def test_row_keys_are_the_json_schema():
     """The JSON report's "epochs" entries (README's schema) are exactly these keys, in this order."""
     assert list(EpochRow.__annotations__) == [
         "k", "tau_norm", "first_order_norm", "error_norm", "second_order_norm", "second_order_residual_norm",
-        "bound", "bound_ratio", "cos_tau_neg_g", "dominance", "rounding_allowance", "error_resolved"]
+        "bound", "bound_ratio", "bound_t4", "bound_ratio_t4", "cos_tau_neg_g", "dominance", "dominance_t4",
+        "rounding_allowance", "error_resolved"]
 
 
 def test_epoch_rows_refuses_a_trajectory_with_other_batches(make_small_problem):

@@ -112,6 +112,65 @@ class MLPHessianBound:
         return float(self.per_example.mean())
 
 
+def _derivative_recursion(config: MLPConfig, x: torch.Tensor, norms: LayerNorms, order: int
+                          ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per example, D_1..D_order >= ||d^k f/dt^k|| along every unit direction (D_1 = J_L, D_2 = Q_L) on the set
+    where ``norms`` hold, and a_{L-1} >= ||h_{L-1}||.
+
+    D_1 is T4's J. For k >= 2, z_l^(k) = W_l h_{l-1}^(k) + k dW_l h_{l-1}^(k-1) (Leibniz; ||dW_l||_2 <= 1), so
+    D_k(l) = s_l H_k(l-1) + k H_{k-1}(l-1), with H_k(l) >= ||h_l^(k)|| from Faa di Bruno (elementwise products,
+    ||a * b|| <= ||a|| ||b||): H_1 = c1 D_1, H_2 = c2 D_1^2 + c1 D_2, H_3 = c3 D_1^3 + 3 c2 D_1 D_2 + c1 D_3,
+    H_4 = c4 D_1^4 + 6 c3 D_1^2 D_2 + c2 (3 D_2^2 + 4 D_1 D_3) + c1 D_4; H_k(0) = 0 (h_0 = x is constant).
+    """
+    act = get_activation(config.activation)
+    c1, c2 = require_c2(act, "the curvature bound T4" if order <= 2 else "the fourth-derivative bound of T6")
+    c = [1.0, c1, c2, act.c3, act.c4]
+    if order > 2 and (c[3] is None or c[4] is None):
+        raise ValueError(f"the activation {act.name!r} has no bound on its third and fourth derivatives")
+    s, beta, widths = norms.weight, norms.bias, config.widths
+    L = config.depth
+    if s.numel() != L:
+        raise ValueError(f"norms are given for {s.numel()} layers, the MLP has {L}")
+    x = x.detach().double().reshape(x.shape[0], -1)
+    a = torch.linalg.vector_norm(x, dim=1)                      # a_0 = ||x||
+    D = [torch.zeros_like(a) for _ in range(order + 1)]          # D[k] >= ||z_{l}^(k)||, D[0] unused
+    for l in range(1, L + 1):
+        s_l, b_l = s[l - 1], beta[l - 1]
+        e = torch.sqrt(a ** 2 + 1.0) if config.bias else a       # e_l
+        if l > 1:
+            h = _faa_di_bruno(c, D, order)                       # H_k(l-1), k = 0..order
+            D = [D[0]] + [s_l * h[k] + k * h[k - 1] if k >= 2 else D[1] for k in range(1, order + 1)]
+        D[1] = torch.sqrt(e ** 2 + (c1 * s_l) ** 2 * D[1] ** 2)
+        if l < L:
+            a = act.sigma0 * math.sqrt(widths[l]) + c1 * (s_l * a + b_l)
+    return D[1:], a
+
+
+def _faa_di_bruno(c: list, D: list[torch.Tensor], order: int) -> list[torch.Tensor]:
+    """H_0..H_order: bounds on ||d^k sigma(z(t))/dt^k|| from D_k >= ||z^(k)|| (H_0 is unused: 0)."""
+    d1, d2 = D[1], D[2]
+    h = [torch.zeros_like(d1), c[1] * d1, c[2] * d1 ** 2 + c[1] * d2]
+    if order >= 3:
+        d3 = D[3]
+        h.append(c[3] * d1 ** 3 + 3 * c[2] * d1 * d2 + c[1] * d3)
+    if order >= 4:
+        d4 = D[4]
+        h.append(c[4] * d1 ** 4 + 6 * c[3] * d1 ** 2 * d2 + c[2] * (3 * d2 ** 2 + 4 * d1 * d3) + c[1] * d4)
+    return h
+
+
+def _loss_gradient_bound(config: MLPConfig, loss: Loss, target: torch.Tensor, norms: LayerNorms,
+                         a: torch.Tensor) -> torch.Tensor:
+    """r >= ||dl/df|| per example: ||f - y|| <= s_L a_{L-1} + beta_L + ||y|| (MSE), sqrt 2 (CE)."""
+    L = config.depth
+    if loss.name == "mse":
+        t = target.detach().double().reshape(target.shape[0], -1)
+        return norms.weight[L - 1] * a + norms.bias[L - 1] + torch.linalg.vector_norm(t, dim=1)
+    if loss.name == "ce":
+        return torch.full_like(a, CE_GRADIENT_BOUND)
+    raise ValueError(f"T4 knows the constants of the losses 'mse' and 'ce', not {loss.name!r}")
+
+
 def mlp_hessian_bound(
     config: MLPConfig,
     loss: Loss,
@@ -124,33 +183,27 @@ def mlp_hessian_bound(
     ``norms`` must bound the weights on the whole set considered: ``layer_norms(theta)`` for one point,
     ``layer_norms(a).max(layer_norms(b))`` for the segment [a, b]. Cost: O(N L) after the L spectral norms.
     """
-    act = get_activation(config.activation)
-    c1, c2 = require_c2(act, "the curvature bound T4")
-    s, beta, widths = norms.weight, norms.bias, config.widths
-    L = config.depth
-    if s.numel() != L:
-        raise ValueError(f"norms are given for {s.numel()} layers, the MLP has {L}")
-    x = x.detach().double().reshape(x.shape[0], -1)
-    a = torch.linalg.vector_norm(x, dim=1)                      # a_0 = ||x||
-    J = torch.zeros_like(a)
-    Q = torch.zeros_like(a)
-    for l in range(1, L + 1):
-        s_l, b_l = s[l - 1], beta[l - 1]
-        e = torch.sqrt(a ** 2 + 1.0) if config.bias else a       # e_l
-        J_prev = J
-        Q = 2 * c1 * J_prev + s_l * c2 * J_prev ** 2 + s_l * c1 * Q if l > 1 else torch.zeros_like(a)
-        J = torch.sqrt(e ** 2 + (c1 * s_l) ** 2 * J_prev ** 2)
-        if l < L:
-            a = act.sigma0 * math.sqrt(widths[l]) + c1 * (s_l * a + b_l)
-    if loss.name == "mse":
-        t = target.detach().double().reshape(target.shape[0], -1)
-        r = s[L - 1] * a + beta[L - 1] + torch.linalg.vector_norm(t, dim=1)   # ||f - y|| <= ||f|| + ||y||
-    elif loss.name == "ce":
-        r = torch.full_like(a, CE_GRADIENT_BOUND)
-    else:
-        raise ValueError(f"T4 knows the constants of the losses 'mse' and 'ce', not {loss.name!r}")
-    slack = 1.0 + 16 * (L + 4) * _U64        # rounding of this recursion, so the result stays an upper bound
+    (J, Q), a = _derivative_recursion(config, x, norms, 2)
+    r = _loss_gradient_bound(config, loss, target, norms, a)
+    slack = 1.0 + 16 * (config.depth + 4) * _U64   # rounding of this recursion, so the result stays an upper bound
     return MLPHessianBound(J * slack, Q * slack, (loss.curvature * J ** 2 + r * Q) * slack)
+
+
+def mlp_fourth_derivative_bound(config: MLPConfig, loss: Loss, x: torch.Tensor, target: torch.Tensor,
+                                norms: LayerNorms) -> float:
+    """K4 >= sup |d^4/dt^4 L(theta + t v)| over unit v and theta where ``norms`` hold (the mean loss; T6).
+
+    Per example (Faa di Bruno for l(f(t)), D_k = ``_derivative_recursion``):
+        kappa_4 D_1^4 + 6 kappa_3 D_1^2 D_2 + lambda (3 D_2^2 + 4 D_1 D_3) + r D_4,
+    with the loss constants lambda, kappa_3, kappa_4 (``losses``) and r of T4; the mean over the examples
+    bounds the mean loss. By Banach's theorem on symmetric multilinear forms in a Hilbert space, the same K4
+    bounds |D^4 L[u, u, v, v]| for unit u, v, so ||d^2/dt^2 hess L(theta + t u)||_2 <= K4 (docs/theory.md, T6).
+    """
+    (d1, d2, d3, d4), a = _derivative_recursion(config, x, norms, 4)
+    r = _loss_gradient_bound(config, loss, target, norms, a)
+    k4 = loss.fourth * d1 ** 4 + 6 * loss.third * d1 ** 2 * d2 + loss.curvature * (3 * d2 ** 2 + 4 * d1 * d3) + r * d4
+    slack = 1.0 + 32 * (config.depth + 4) * _U64
+    return float(k4.mean()) * slack
 
 
 def aposteriori_error_bound(lr: float, step_bounds: Sequence[float], thetas: Sequence[torch.Tensor]) -> float:

@@ -29,6 +29,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .activations import ACTIVATIONS, get_activation
+from .bounds import has_curvature_bound
+from .certificate import CertificateConfig, step_curvature_certificates
 from .curvature import hessian_norm
 from .data import Dataset, contiguous_batches, digits, split_by_label, synthetic
 from .fp import DTYPES
@@ -46,6 +48,9 @@ DATASETS = ("digits", "synthetic")
 MLP_DEFAULTS = {"widths": "64,32,10", "activation": "tanh"}
 DEFAULT_MOMENTUM = 0.9      # --momentum, for --optimizer momentum (recorded in the report's config either way)
 DEFAULT_SAMPLES = 512       # --samples, for --data synthetic (recorded in the report's config either way)
+#: T6's total failure probability for one report, split equally between its three certificate families
+#: (the per-epoch table, T2 and T3)
+CERTIFICATE_DELTA = 1e-9
 T3_BATCHES = 4              # T3 is checked on --batches batches, or on this many for a full-batch run
 ATM_ROUNDS, ATM_STEPS = 3, 2  # T5's defaults: ATM rounds R and epochs per task per round k (~0.4 s on digits)
 SEEDS = (-2 ** 63, 2 ** 64 - 1)   # the seeds torch.manual_seed accepts
@@ -121,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of T1-T4 themselves run plain GD")
     p.add_argument("--dtype", default="float64", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batch split")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1: fastest on the small default networks, and immune to the "
+                        "many-fold slowdown of several torch threads on a busy machine; raise it for large ones)")
     p.add_argument("--data", default="digits", help="digits (scikit-learn's bundled 8x8 digits) or synthetic "
                                                     "(Gaussian inputs, linear teacher; n_0 features and n_L classes "
                                                     "for mlp, digits' 64 features and 10 classes for vit)")
@@ -219,6 +227,8 @@ def validate(args: argparse.Namespace) -> OptimizerSpec:
         raise UsageError(f"--atm-rounds must be >= 1 (rounds of ATM for T5), got {args.atm_rounds}")
     if args.atm_steps < 1:
         raise UsageError(f"--atm-steps must be >= 1 (epochs per task per ATM round), got {args.atm_steps}")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if not SEEDS[0] <= args.seed <= SEEDS[1]:
         raise UsageError(f"--seed must be in {SEEDS[0]}..{SEEDS[1]} (what torch.manual_seed accepts), got {args.seed}")
     if args.samples is not None and args.data != "synthetic":
@@ -292,6 +302,7 @@ def run(args: argparse.Namespace) -> dict:
     """Validate everything (``prepare``), run the optimizer, and check every statement; returns the JSON report."""
     started = time.perf_counter()
     spec, problem, tasks = prepare(args)
+    torch.set_num_threads(args.threads)
     n, B = len(problem.objective), problem.num_batches
     batches = None if B == 1 else contiguous_batches(n, B)
     smooth = problem.act.is_c2
@@ -304,7 +315,13 @@ def run(args: argparse.Namespace) -> dict:
         traj = run_optimizer(problem.objective, problem.theta0, spec.make, args.epochs, batches,
                              lr_for_messages=args.lr)
         stage("per-epoch table")
-        rows = epoch_rows(problem, spec, traj)
+        certificate = CertificateConfig(delta=CERTIFICATE_DELTA / 3)
+        plain = spec.name in ("gd", "sgd") and spec.weight_decay == 0
+        certs = (step_curvature_certificates(problem, traj, certificate)
+                 if plain and smooth and has_curvature_bound(problem.model) else None)
+        rows = epoch_rows(problem, spec, traj, certs)
+        # a full-batch float64 GD run is T2's premise itself: T2 judges its rows (and certificates)
+        gd64 = plain and spec.name == "gd" and B == 1 and problem.theta0.dtype == torch.float64
         stage("Hessian norm")
         p64 = problem.to(torch.float64)
         h0 = hessian_norm(p64.objective, p64.theta0).value if smooth else None
@@ -312,9 +329,10 @@ def run(args: argparse.Namespace) -> dict:
         checks = [
             ("T1", "one full-batch GD step", lambda: verify_t1(problem, args.lr)),
             ("C1", f"one GD step on each of {args.tasks} tasks", lambda: verify_c1(problem, args.lr, tasks)),
-            ("T2", f"{args.epochs} epochs of full-batch GD", lambda: verify_t2(problem, args.lr, args.epochs, h0)),
+            ("T2", f"{args.epochs} epochs of full-batch GD",
+             lambda: verify_t2(problem, args.lr, args.epochs, h0, certificate, rows if gd64 else None)),
             ("T3", f"one epoch of SGD with {B3} batches",
-             lambda: verify_t3(problem, args.lr, B3, hessian_norm=h0 if B == 1 else None)),
+             lambda: verify_t3(problem, args.lr, B3, hessian_norm=h0 if B == 1 else None, certificate=certificate)),
             ("T4", "the curvature bound", lambda: verify_t4(problem, [traj.theta0, traj.thetas[-1]], [h0, None])),
             ("T5", f"ATM, {args.atm_rounds} rounds x {args.atm_steps} epochs on each of {args.tasks} tasks",
              lambda: verify_t5(problem, args.lr, tasks, args.atm_rounds, args.atm_steps)),
@@ -335,6 +353,10 @@ def run(args: argparse.Namespace) -> dict:
         "versions": versions(),
         "hessian_norm_theta0": h0,
         "measured_dominance": None if h0 is None else args.lr * h0 * args.epochs * B,
+        "certificate": None if not smooth or not has_curvature_bound(problem.model) else {
+            "name": "T6", "delta": CERTIFICATE_DELTA, "epsilon": certificate.epsilon, "slack": certificate.slack,
+            "table_failure": None if certs is None else certs.failure,
+            "table_products": None if certs is None else certs.products},
         "epochs": rows,
         "verdicts": {v.theorem: v.to_dict() for v in verdicts},
         "wall_time_s": time.perf_counter() - started,
@@ -361,11 +383,11 @@ def format_report(report: dict) -> str:
             f"{c['activation']}, {c['loss']} loss, {c['data']} (N = {c['num_examples']}), {c['optimizer']} "
             f"lr {c['lr']:g}, {c['epochs']} epochs x {c['num_batches']} batches, {c['dtype']}, seed {c['seed']}")
     cols = ["k", "||tau_k||", "||1st order||", "||E_k||", "||E_k - 2nd||", "bound", "bound/||E_k||",
-            "cos(tau_k,-g)", "eta*M*k"]
+            "bound (T4)", "cos(tau_k,-g)", "eta*M*k"]
     lines = [head, "", "  ".join(f"{h:>13}" for h in cols)]
     for r in report["epochs"]:
         vals = [str(r["k"]), _fmt(r["tau_norm"]), _fmt(r["first_order_norm"]), _fmt(r["error_norm"]),
-                _fmt(r["second_order_residual_norm"]), _fmt(r["bound"]), _ratio(r),
+                _fmt(r["second_order_residual_norm"]), _fmt(r["bound"]), _ratio(r), _fmt(r["bound_t4"]),
                 _fmt(r["cos_tau_neg_g"], ".6f"), _fmt(r["dominance"], ".3g")]
         lines.append("  ".join(f"{v:>13}" for v in vals))
     if any(_ratio(r) == "rounding" for r in report["epochs"]):
@@ -373,8 +395,12 @@ def format_report(report: dict) -> str:
                      "the second-order term (float64 or a larger lr resolves it)")
     lines.append("")
     if report["hessian_norm_theta0"] is not None:
-        rigorous = ("eta*M*k above uses the rigorous T4 bound M" if c["arch"] == "mlp" else
-                    "no rigorous M for this network: T4 is n/a")
+        last = report["epochs"][-1]
+        cert = report["certificate"]
+        rigorous = ("no rigorous M for this network: T4 and T6 are n/a" if cert is None else
+                    f"bound and eta*M*k use T6's certified M, failure probability <= {cert['delta']:.0e} for the "
+                    "whole report" + ("" if last["dominance_t4"] is None else
+                                      f"; with T4's M: eta*M*k = {last['dominance_t4']:.3g}"))
         lines.append(f"||H(theta_0)||_2 = {report['hessian_norm_theta0']:.4g} (Lanczos); measured dominance "
                      f"eta*||H||*k*B at k = K: {report['measured_dominance']:.3g} ({rigorous})")
     t5 = report["verdicts"].get("T5")

@@ -51,9 +51,17 @@ class Problem:
         return len(self.batch_objectives)
 
     def to(self, dtype: torch.dtype) -> Problem:
-        """The same problem in another precision (theta_0 converted from this one)."""
+        """The same problem in another precision: theta_0, the data and this problem's own objectives converted
+        (inputs and float targets; class indices stay int64), so L and every L_b are the same functions.
+        """
         model = copy.deepcopy(self.model).to(dtype)
-        return _bind(model, self.loss, self.data.to(dtype), self.num_batches, self.theta0.to(dtype))
+
+        def convert(f: Objective) -> Objective:
+            target = f.target.to(dtype) if f.target.is_floating_point() else f.target
+            return Objective(model, f.loss, f.x.to(dtype), target)
+
+        return Problem(model, self.loss, self.data.to(dtype), convert(self.objective),
+                       tuple(convert(f) for f in self.batch_objectives), self.theta0.to(dtype))
 
     def with_batches(self, num_batches: int, seed: int = 0) -> Problem:
         """The same task split into B equal batches (leftover examples dropped)."""

@@ -31,6 +31,7 @@ import torch
 
 from .atm import ATMSchedule, run_atm
 from .bounds import T4_NOTE, has_curvature_bound, layer_norms, mlp_hessian_bound
+from .certificate import CertificateConfig, StepCertificates, step_curvature_certificates
 from .curvature import gradient
 from .curvature import hessian_norm as measure_hessian_norm
 from .data import Dataset, contiguous_batches
@@ -114,9 +115,19 @@ def _combine(*parts: bool | None) -> bool | None:
 
 
 def _within_bound(row: EpochRow) -> bool:
-    """||E_k|| <= bound + rounding allowance (False where the row has no bound)."""
-    bound, allowance = row["bound"], row["rounding_allowance"]
-    return bound is not None and allowance is not None and row["error_norm"] <= bound + allowance
+    """||E_k|| <= bound + rounding allowance, for the bound with T6's M_s and for the one with T4's (False where
+    the row has no bound).
+    """
+    allowance = row["rounding_allowance"]
+    return allowance is not None and all(b is not None and row["error_norm"] <= b + allowance
+                                         for b in (row["bound"], row["bound_t4"]))
+
+
+def _certificates(problem: Problem, traj: Trajectory, config: CertificateConfig | None) -> StepCertificates | None:
+    """T6's M_s for a plain GD/SGD trajectory of an MLP (None where T6 does not apply: epoch_rows says n/a)."""
+    if not has_curvature_bound(problem.model):
+        return None
+    return step_curvature_certificates(problem, traj, config)
 
 
 def verify_t1(problem: Problem, lr: float) -> Verdict:
@@ -180,18 +191,24 @@ def verify_c1(problem: Problem, lr: float, tasks: Sequence[Dataset]) -> Verdict:
                                   "ratio": gap_ratio}})
 
 
-def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | None = None) -> Verdict:
-    """T2 on full-batch GD for k = 1..epochs: (c) ||E_k|| <= bound_k (T4's M_j; n/a without T4) and (a) the
+def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | None = None,
+              certificate: CertificateConfig | None = None, rows: list[EpochRow] | None = None) -> Verdict:
+    """T2 on full-batch GD for k = 1..epochs: (c) ||E_k|| <= bound_k (T6's M_j, and T4's; n/a without them) and (a) the
     slope of ||R_k|| ~ 3; (b), the quadratic series, is reported as proven by the suite (``QUADRATIC_SERIES``).
 
     The margin is the tightest bound/||E_k|| of (c), or the slope of (a) where (c) is n/a (a ViT).
+    ``rows``: the per-epoch rows of a float64 full-batch GD run with this lr and epochs on this problem (the
+    CLI's own run, so its T6 certificates are not made twice); by default such a run is made here.
     """
     refused = _not_c2("T2", problem)
     if refused:
         return refused
     p64 = problem.to(torch.float64).with_batches(1)
-    traj = gradient_descent(p64.objective, p64.theta0, lr, epochs)
-    rows = epoch_rows(p64, OptimizerSpec("gd", lr), traj)
+    if rows is None:
+        traj = gradient_descent(p64.objective, p64.theta0, lr, epochs)
+        rows = epoch_rows(p64, OptimizerSpec("gd", lr), traj, _certificates(p64, traj, certificate))
+    elif len(rows) != epochs:
+        raise ValueError(f"{len(rows)} rows for {epochs} epochs")
     k_slope = max(epochs, 3)
     h = hessian_norm if hessian_norm is not None else measure_hessian_norm(p64.objective, p64.theta0).value
     slope = resolved_slope(p64, lr, h, k_slope)
@@ -201,18 +218,21 @@ def verify_t2(problem: Problem, lr: float, epochs: int, hessian_norm: float | No
     if rows[0]["bound"] is None:
         return Verdict("T2", expansion_holds, slope["slope"],
                        f"(c) n/a: no T4 bound M_j for this network; {slope_text}",
-                       {"bound_holds": None, "min_bound_ratio": None, **details})
+                       {"bound_holds": None, "min_bound_ratio": None, "min_bound_ratio_t4": None, **details})
     checked = [r for r in rows if r["k"] >= 2]   # E_1 = 0 exactly: that is T1
     ratios = [r["bound_ratio"] for r in checked if r["bound_ratio"] is not None]
+    ratios_t4 = [r["bound_ratio_t4"] for r in checked if r["bound_ratio_t4"] is not None]
     bound_holds = all(_within_bound(r) for r in checked)
     tight = min(ratios) if ratios else math.inf
+    tight_t4 = min(ratios_t4) if ratios_t4 else math.inf
     return Verdict("T2", _combine(bound_holds, expansion_holds), tight,
                    f"(c) ||E_k|| <= bound for k = 2..{epochs}: {'yes' if bound_holds else 'NO'} "
-                   f"(tightest bound/||E_k|| = {tight:.3g}); {slope_text}",
-                   {"bound_holds": bound_holds, "min_bound_ratio": tight, **details})
+                   f"(tightest bound/||E_k|| = {tight:.3g} with T6's M, {tight_t4:.3g} with T4's); {slope_text}",
+                   {"bound_holds": bound_holds, "min_bound_ratio": tight, "min_bound_ratio_t4": tight_t4, **details})
 
 
-def verify_t3(problem: Problem, lr: float, num_batches: int, hessian_norm: float | None = None) -> Verdict:
+def verify_t3(problem: Problem, lr: float, num_batches: int, hessian_norm: float | None = None,
+              certificate: CertificateConfig | None = None) -> Verdict:
     """T3 on one epoch of B-batch SGD: ||E|| <= eta sum_b M_b ||theta_b - theta_0|| (n/a without T4), and
     ||R|| = O(eta^3). The margin is bound/||E||, or the slope where the bound is n/a (a ViT).
     """
@@ -223,7 +243,7 @@ def verify_t3(problem: Problem, lr: float, num_batches: int, hessian_norm: float
     n, B = len(p64.objective), num_batches
     batches = contiguous_batches(n, B)
     traj = gradient_descent(p64.objective, p64.theta0, lr, 1, batches)
-    row = epoch_rows(p64, OptimizerSpec("sgd", lr), traj)[0]
+    row = epoch_rows(p64, OptimizerSpec("sgd", lr), traj, _certificates(p64, traj, certificate))[0]
     h = hessian_norm if hessian_norm is not None else measure_hessian_norm(p64.objective, p64.theta0).value
     slope = resolved_slope(p64, lr, h, 1)
     slope_holds, slope_text = _slope_verdict(slope, "slope of ||R|| vs eta")
@@ -234,7 +254,7 @@ def verify_t3(problem: Problem, lr: float, num_batches: int, hessian_norm: float
                        f"this network); {slope_text}", details)
     bound_holds = _within_bound(row)
     ratio = ("||E|| is within its rounding allowance" if row["bound_ratio"] is None else
-             f"bound/||E|| = {row['bound_ratio']:.3g}")
+             f"bound/||E|| = {row['bound_ratio']:.3g} with T6's M, {row['bound_ratio_t4']:.3g} with T4's")
     return Verdict("T3", _combine(bound_holds, slope_holds), row["bound_ratio"],
                    f"one epoch of {B} batches: ||E|| = {row['error_norm']:.3g} <= bound {row['bound']:.3g}: "
                    f"{'yes' if bound_holds else 'NO'} ({ratio}); {slope_text}",

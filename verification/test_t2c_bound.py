@@ -33,15 +33,15 @@ def test_t2c_error_never_exceeds_bound(problem, lr, epochs):
         traj = gradient_descent(problem.objective, problem.theta0, lr, epochs)
     except DivergenceError:
         assume(False)
-    rows = epoch_rows(problem, OptimizerSpec("gd", lr), traj)
+    rows = epoch_rows(problem, OptimizerSpec("gd", lr), traj, certify=False)   # T4's M_s (T6's: test_t6_certificate)
     M = step_hessian_bounds(problem, traj)
     G = max(float(torch.linalg.vector_norm(g)) for g in traj.grads)
     for row in rows[1:]:
         k = row["k"]
-        assert row["error_norm"] <= row["bound"] + row["rounding_allowance"], row
+        assert row["error_norm"] <= row["bound_t4"] + row["rounding_allowance"], row
         coarse = coarse_error_bound(lr, k, max(M[:k]), G)
-        assert row["bound"] <= coarse * (1 + 1e-12) + 1e-300, (row["bound"], coarse)
-        assert math.isfinite(row["dominance"])
+        assert row["bound_t4"] <= coarse * (1 + 1e-12) + 1e-300, (row["bound_t4"], coarse)
+        assert math.isfinite(row["dominance_t4"])
 
 
 def test_t2c_bound_attained_one_layer_mse():
@@ -55,9 +55,9 @@ def test_t2c_bound_attained_one_layer_mse():
     problem = make_problem(model, "mse", Dataset("pinned", x, torch.tensor([1]), 2))
     lr = 0.125                                                          # eta ||x~||^2 < 1: converges
     traj = gradient_descent(problem.objective, problem.theta0, lr, 5)
-    for row in epoch_rows(problem, OptimizerSpec("gd", lr), traj)[1:]:
-        assert row["error_norm"] <= row["bound"] + row["rounding_allowance"], row
-        assert row["error_norm"] >= row["bound"] * (1 - 1e-12) - row["rounding_allowance"], row
+    for row in epoch_rows(problem, OptimizerSpec("gd", lr), traj, certify=False)[1:]:
+        assert row["error_norm"] <= row["bound_t4"] + row["rounding_allowance"], row
+        assert row["error_norm"] >= row["bound_t4"] * (1 - 1e-12) - row["rounding_allowance"], row
 
 
 @pytest.mark.parametrize("case", t4_cases(), ids=lambda case: case.name)

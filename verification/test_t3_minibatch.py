@@ -36,8 +36,8 @@ def test_t3_error_never_exceeds_bound(problem, lr):
         traj = gradient_descent(problem.objective, problem.theta0, lr, 1, _batches(problem))
     except DivergenceError:
         assume(False)
-    row = epoch_rows(problem, OptimizerSpec("sgd", lr), traj)[0]
-    assert row["error_norm"] <= row["bound"] + row["rounding_allowance"], row
+    row = epoch_rows(problem, OptimizerSpec("sgd", lr), traj, certify=False)[0]   # T4's M_b (T6's: test_t6_certificate)
+    assert row["error_norm"] <= row["bound_t4"] + row["rounding_allowance"], row
 
 
 @settings(max_examples=30)
