@@ -17,13 +17,14 @@ import pytest
 
 import tvtheory.cli as bound
 from tvtheory.bounds import T4_NOTE
+from tvtheory.certificate import T6_NOTE
 from tvtheory.cli import main, parse_vit, parse_widths
 from tvtheory.io import versions
 
 SMALL = ["--data", "synthetic", "--samples", "64", "--widths", "5,8,3", "--epochs", "3", "--no-progress"]
 HEADER = ["k", "||tau_k||", "||1st order||", "||E_k||", "||E_k - 2nd||", "bound", "bound/||E_k||",
           "bound (T4)", "cos(tau_k,-g)", "eta*M*k"]
-VERDICTS = ["T1", "C1", "T2", "T3", "T4", "T5", "optimizer"]
+VERDICTS = ["T1", "C1", "T2", "T3", "T4", "T5", "T6", "optimizer"]
 VIT_SMALL = ["--arch", "vit", "--data", "synthetic", "--samples", "64", "--epochs", "3", "--no-progress"]
 
 
@@ -80,7 +81,10 @@ def test_json_schema(small_run):
     # T6's M_s is never above T4's (the certificate is min(T4, grid + remainder)), so neither are its bounds
     assert all(e["bound"] <= e["bound_t4"] and e["dominance"] <= e["dominance_t4"] for e in report["epochs"])
     cert = report["certificate"]
-    assert cert["name"] == "T6" and cert["delta"] == 1e-9 and 0 < cert["table_failure"] <= cert["delta"] / 3
+    assert cert["name"] == "T6" and cert["delta"] == 1e-9 and 0 < cert["table_failure"] <= cert["delta"] / 4
+    t6 = report["verdicts"]["T6"]
+    assert t6["holds"] and all(p["certificate"] >= p["hessian_norm"] for p in t6["points"])
+    assert 0 < t6["failure"] <= cert["delta"] / 4 and t6["margin"] == min(p["tightness"] for p in t6["points"])
     assert set(report["verdicts"]) == set(VERDICTS)
     for name, v in report["verdicts"].items():
         assert {"holds", "margin"} <= set(v), name
@@ -296,7 +300,7 @@ def test_relu_run_exits_0_with_curvature_statements_not_applicable():
     assert code == 0, err
     assert re.search(r"^\s*T1: holds\s", out, re.M)
     assert re.search(r"^\s*C1: holds\s", out, re.M)
-    for name in ("T2", "T3", "T4"):
+    for name in ("T2", "T3", "T4", "T6"):
         assert re.search(rf"^\s*{name}: n/a\s+not applicable: relu is not C\^2", out, re.M), name
     assert re.search(r"^\s*optimizer: holds\s", out, re.M)
     assert "||H(theta_0)||_2" not in out
@@ -347,6 +351,7 @@ def test_vit_run_exits_0_with_every_applicable_verdict_holding_and_t4_not_applic
     assert "(b) n/a: no T4 bound M for this network" in out                 # T5(a) alone is judged
     assert re.search(r"^\s*T2: holds\s+\(c\) n/a: no T4 bound M_j for this network; \(a\) slope", out, re.M)
     assert f"       T4: n/a    {T4_NOTE}" in lines
+    assert f"       T6: n/a    {T6_NOTE}" in lines
     assert "(no rigorous M for this network: T4 and T6 are n/a)" in out
 
 

@@ -13,6 +13,7 @@ import torch
 
 import tvtheory.theorems as theorems
 from tvtheory.bounds import T4_NOTE
+from tvtheory.certificate import T6_NOTE
 from tvtheory.data import split_by_label
 from tvtheory.optimizers import OptimizerSpec
 from tvtheory.theorems import (
@@ -24,6 +25,7 @@ from tvtheory.theorems import (
     verify_t2,
     verify_t3,
     verify_t4,
+    verify_t6,
 )
 from tvtheory.trajectory import gradient_descent, run_optimizer
 
@@ -99,15 +101,32 @@ def test_verify_t4_holds_and_reports_tightness(small_problem):
     assert fake.holds is False and fake.details["points"][0]["hessian_norm"] == 1e9
 
 
-@pytest.mark.parametrize("check", ["T2", "T3", "T4"])
+def test_verify_t6_holds_and_reports_tightness(small_problem):
+    p = small_problem
+    traj = gradient_descent(p.objective, p.theta0, 0.5, 3)
+    v = verify_t6(p, [traj.theta0, traj.thetas[-1]])
+    assert v.theorem == "T6" and v.holds is True and len(v.details["points"]) == 2
+    t4 = verify_t4(p, [traj.theta0, traj.thetas[-1]])
+    for point, p4 in zip(v.details["points"], t4.details["points"], strict=True):
+        assert p4["bound"] >= point["certificate"] >= point["hessian_norm"] > 0     # never above T4's bound
+        assert point["tightness"] == point["certificate"] / point["hessian_norm"]
+    assert v.margin == min(pt["tightness"] for pt in v.details["points"]) >= 1
+    assert 0 < v.details["failure"] <= 1e-9
+    fake = verify_t6(p, [traj.theta0], [1e9])            # a norm passed in is used as is: above the certificate
+    assert fake.holds is False and fake.details["points"][0]["hessian_norm"] == 1e9
+
+
+@pytest.mark.parametrize("check", ["T2", "T3", "T4", "T6"])
 def test_curvature_statements_are_not_applicable_for_relu(make_small_problem, check):
     p = make_small_problem(activation="relu")
     if check == "T2":
         v = verify_t2(p, 0.1, 2)
     elif check == "T3":
         v = verify_t3(p, 0.1, 4)
-    else:
+    elif check == "T4":
         v = verify_t4(p, [p.theta0])
+    else:
+        v = verify_t6(p, [p.theta0])
     assert v.theorem == check and v.holds is None and v.margin is None and v.label == "n/a"
     assert "relu is not C^2" in v.message and "T1 still holds" in v.message
 
@@ -218,4 +237,11 @@ def test_verify_t4_is_not_applicable_to_a_vit(make_vit_problem):
     p = make_vit_problem()
     v = verify_t4(p, [p.theta0])
     assert v.theorem == "T4" and v.holds is None and v.margin is None and v.message == T4_NOTE
+    assert v.to_dict()["applicable"] is False
+
+
+def test_verify_t6_is_not_applicable_to_a_vit(make_vit_problem):
+    p = make_vit_problem()
+    v = verify_t6(p, [p.theta0])
+    assert v.theorem == "T6" and v.holds is None and v.margin is None and v.message == T6_NOTE
     assert v.to_dict()["applicable"] is False

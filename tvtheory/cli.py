@@ -1,11 +1,12 @@
-"""Command line: check T1-T4 on a network, data and schedule, and print the per-epoch table.
+"""Command line: check T1-T6 on a network, data and schedule, and print the per-epoch table.
 
     python -m tvtheory.bound --arch mlp --widths 64,32,10 --activation tanh --loss ce --lr 0.1 --epochs 5
     python -m tvtheory.bound --arch vit --vit 16,1,2,32
 
 Prints, for k = 1..K: ||tau_k||, ||first-order term|| (= ||k eta B g|| for GD/SGD), ||E_k||, ||E_k - second-order
-term||, the T2(c)/T3 bound (M from T4), bound/||E_k||, cos(tau_k, -g) and the dominance number eta M k;
-then one verdict per statement (T1, C1, T2, T3, T4, T5) and for the optimizer run. T5 runs ATM (alpha = 1/T) over
+term||, the T2(c)/T3 bound (M from T6, the certificate), bound/||E_k||, the bound with T4's M, cos(tau_k, -g) and
+the dominance number eta M k (T6's M);
+then one verdict per statement (T1, C1, T2, T3, T4, T5, T6) and for the optimizer run. T5 runs ATM (alpha = 1/T) over
 the C1 tasks for --atm-rounds R rounds of --atm-steps k epochs per task and prints its per-round table
 (||theta^(r) - theta_MT^(r)|| against multitask GD, the Gronwall bound, bound/gap, the certified bound).
 ``--json PATH`` writes the same with the config and library versions (schema in README.md). For ``--arch vit``
@@ -41,15 +42,25 @@ from .models.vit import ViTConfig
 from .optimizers import OPTIMIZERS, OptimizerSpec
 from .problem import Problem, make_problem
 from .table import epoch_rows
-from .theorems import Verdict, verify_c1, verify_optimizer, verify_t1, verify_t2, verify_t3, verify_t4, verify_t5
+from .theorems import (
+    Verdict,
+    verify_c1,
+    verify_optimizer,
+    verify_t1,
+    verify_t2,
+    verify_t3,
+    verify_t4,
+    verify_t5,
+    verify_t6,
+)
 from .trajectory import DivergenceError, run_optimizer
 
 DATASETS = ("digits", "synthetic")
 MLP_DEFAULTS = {"widths": "64,32,10", "activation": "tanh"}
 DEFAULT_MOMENTUM = 0.9      # --momentum, for --optimizer momentum (recorded in the report's config either way)
 DEFAULT_SAMPLES = 512       # --samples, for --data synthetic (recorded in the report's config either way)
-#: T6's total failure probability for one report, split equally between its three certificate families
-#: (the per-epoch table, T2 and T3)
+#: T6's total failure probability for one report, split equally between its four certificate families
+#: (the per-epoch table, T2, T3 and the T6 verdict's points)
 CERTIFICATE_DELTA = 1e-9
 T3_BATCHES = 4              # T3 is checked on --batches batches, or on this many for a full-batch run
 ATM_ROUNDS, ATM_STEPS = 3, 2  # T5's defaults: ATM rounds R and epochs per task per round k (~0.4 s on digits)
@@ -306,7 +317,7 @@ def run(args: argparse.Namespace) -> dict:
     n, B = len(problem.objective), problem.num_batches
     batches = None if B == 1 else contiguous_batches(n, B)
     smooth = problem.act.is_c2
-    with tqdm(total=9, desc="tvtheory.bound", disable=args.no_progress, leave=False) as stages:
+    with tqdm(total=10, desc="tvtheory.bound", disable=args.no_progress, leave=False) as stages:
 
         def stage(name: str) -> None:
             stages.set_postfix_str(name)
@@ -315,7 +326,7 @@ def run(args: argparse.Namespace) -> dict:
         traj = run_optimizer(problem.objective, problem.theta0, spec.make, args.epochs, batches,
                              lr_for_messages=args.lr)
         stage("per-epoch table")
-        certificate = CertificateConfig(delta=CERTIFICATE_DELTA / 3)
+        certificate = CertificateConfig(delta=CERTIFICATE_DELTA / 4)
         plain = spec.name in ("gd", "sgd") and spec.weight_decay == 0
         certs = (step_curvature_certificates(problem, traj, certificate)
                  if plain and smooth and has_curvature_bound(problem.model) else None)
@@ -336,6 +347,8 @@ def run(args: argparse.Namespace) -> dict:
             ("T4", "the curvature bound", lambda: verify_t4(problem, [traj.theta0, traj.thetas[-1]], [h0, None])),
             ("T5", f"ATM, {args.atm_rounds} rounds x {args.atm_steps} epochs on each of {args.tasks} tasks",
              lambda: verify_t5(problem, args.lr, tasks, args.atm_rounds, args.atm_steps)),
+            ("T6", "the curvature certificate",
+             lambda: verify_t6(problem, [traj.theta0, traj.thetas[-1]], [h0, None], certificate)),
             ("optimizer", f"the {args.optimizer} run", lambda: verify_optimizer(problem, spec, traj)),
         ]
         verdicts: list[Verdict] = []

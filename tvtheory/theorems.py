@@ -3,11 +3,12 @@
 - ``verify_t1``: one full-batch GD step, torch.optim.SGD and the plain functional step, against the
   floating-point model of :mod:`tvtheory.fp`.
 - ``verify_c1``: sum_t tau_t^(1) = -eta T grad L_MT(theta_0) for tasks split from the data.
-- ``verify_t2``: full-batch GD over k epochs: the a-posteriori bound T2(c) with M_j from T4 and the
+- ``verify_t2``: full-batch GD over k epochs: the a-posteriori bound T2(c) with M_j from T6 and from T4, and the
   remainder slope of T2(a); T2(b) is a property of the update alone, proven once by the suite
   (``QUADRATIC_SERIES`` names the test), not per problem.
 - ``verify_t3``: one epoch of mini-batch SGD: the bound and the remainder slope of T3.
 - ``verify_t4``: the T4 bound against ||hess L||_2 (Lanczos on HVPs) at theta_0 and at theta_K.
+- ``verify_t6``: the T6 certificate against the same norms at the same points.
 - ``verify_t5``: ATM (alternating tuning and merging) against multitask GD: (a) exact for one step per round,
   to its floating-point model; (b) within the discrete Gronwall bound for k steps per round (``tvtheory.atm``).
 - ``verify_optimizer``: which identity holds for the optimizer the user ran, and every step of the run replayed
@@ -31,7 +32,7 @@ import torch
 
 from .atm import ATMSchedule, run_atm
 from .bounds import T4_NOTE, has_curvature_bound, layer_norms, mlp_hessian_bound
-from .certificate import CertificateConfig, StepCertificates, step_curvature_certificates
+from .certificate import T6_NOTE, CertificateConfig, StepCertificates, certified_norms, step_curvature_certificates
 from .curvature import gradient
 from .curvature import hessian_norm as measure_hessian_norm
 from .data import Dataset, contiguous_batches
@@ -290,6 +291,37 @@ def verify_t4(problem: Problem, thetas: Sequence[torch.Tensor],
                    + ", ".join(f"{p['tightness']:.3g}" for p in points)
                    + f" (||H(theta_0)||_2 = {points[0]['hessian_norm']:.4g})",
                    {"points": points})
+
+
+def verify_t6(problem: Problem, thetas: Sequence[torch.Tensor], hessian_norms: Sequence[float | None] | None = None,
+              certificate: CertificateConfig | None = None) -> Verdict:
+    """T6 at points: the certificate (``certificate.certified_norms``, failure <= certificate.delta for all points
+    together) is >= ||hess L||_2 (Lanczos on HVPs, a lower estimate) at each given point. The margin is the
+    tightest certificate/||H||_2 (T6's segment form is what T2(c)/T3 use). Not applicable to a ViT (``T6_NOTE``).
+    """
+    refused = _not_c2("T6", problem)
+    if refused:
+        return refused
+    if not has_curvature_bound(problem.model):
+        return Verdict("T6", None, None, T6_NOTE)
+    p64 = problem.to(torch.float64)
+    certs = certified_norms(p64, thetas, certificate)
+    known = list(hessian_norms) if hessian_norms is not None else [None] * len(thetas)
+    points = []
+    for theta, true, cert in zip(thetas, known, certs, strict=True):
+        true = true if true is not None else measure_hessian_norm(p64.objective, theta.double()).value
+        points.append({"hessian_norm": true, "certificate": cert.value, "estimate": cert.estimate,
+                       "products": cert.products, "failure": cert.failure,
+                       "tightness": cert.value / true if true > 0 else math.inf})
+    holds = all(p["certificate"] >= p["hessian_norm"] for p in points)
+    tight = min(p["tightness"] for p in points)
+    failure = sum(p["failure"] for p in points)
+    return Verdict("T6", holds, tight,
+                   f"certificate >= ||H||_2 at theta_0 and theta_K: {'yes' if holds else 'NO'}; certificate/||H||_2 = "
+                   + ", ".join(f"{p['tightness']:.4g}" for p in points)
+                   + f" (failure probability <= {failure:.1e}; in the bound and eta*M*k columns it covers each "
+                     "segment [theta_0, theta_s])",
+                   {"points": points, "failure": failure})
 
 
 def verify_optimizer(problem: Problem, spec: OptimizerSpec, traj: Trajectory) -> Verdict:
