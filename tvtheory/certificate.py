@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackNoConvergence
 
 from .bounds import (
     T4_NOTE,
@@ -49,11 +49,10 @@ from .bounds import (
     mlp_hessian_bound,
     require_matching_batches,
 )
-from .curvature import hessian_operator
+from .curvature import hessian_operator, top_eigenpair
 from .fp import gamma, gradient_sum_length, unit_roundoff
 from .objective import Objective
 from .problem import Problem
-from .spectral import blas_threads
 from .trajectory import Trajectory
 
 TAU = 2.0            # accept only if every ||y_k|| <= TAU (exact iterates have ||y_k|| <= 1 when ||A|| <= U)
@@ -172,17 +171,13 @@ def lanczos_estimate(matvec: Matvec, n: int, rng: np.random.Generator, tol: floa
     if n < 3:
         cols = np.stack([counted(e) for e in np.eye(n)])
         return float(np.abs(np.linalg.eigvalsh(0.5 * (cols + cols.T))).max()), None, count
-    op = LinearOperator((n, n), matvec=counted, rmatvec=counted, dtype=np.float64)
-    if not np.any(counted(start)):
-        return 0.0, None, count
     try:
-        with blas_threads():
-            vals, vecs = eigsh(op, k=1, which="LM", v0=start, tol=tol)
-    except ArpackNoConvergence as err:
-        if len(err.eigenvalues) == 0:
-            return 0.0, None, count
-        vals, vecs = err.eigenvalues, err.eigenvectors
-    return float(np.abs(vals).max()), vecs[:, 0], count
+        top = top_eigenpair(counted, start, tol=tol, vectors=True)
+    except ArpackNoConvergence:          # no Ritz value at all: 0 is still a lower estimate
+        return 0.0, None, count
+    if top is None:                      # A v0 = 0
+        return 0.0, None, count
+    return top[0], top[1], count
 
 
 def certify_norm(matvec: Matvec, n: int, a_priori: float, sum_length: int, failure_target: float,
@@ -276,7 +271,14 @@ def certify_segment(f: Objective, a: torch.Tensor, b: torch.Tensor, config: Cert
     ``pieces_needed`` (a budget). Where the grid cannot beat T4 (certificate at a + h^2 K4 / 8 >= T4) no
     further point is tested and the value is T4's.
     """
-    t4, k4, length = segment_constants(f, a, b)
+    return _certify_grid(f, a, b, segment_constants(f, a, b), config, failure_target, rng, known, pieces)
+
+
+def _certify_grid(f: Objective, a: torch.Tensor, b: torch.Tensor, constants: tuple[float, float, float],
+                  config: CertificateConfig, failure_target: float, rng: np.random.Generator,
+                  known: PointCertificate | None, pieces: int | None) -> SegmentCertificate:
+    """``certify_segment`` with its ``segment_constants`` (T4, K4, length) already computed."""
+    t4, k4, length = constants
     a, b = a.detach().double(), b.detach().double()
     sum_length = gradient_sum_length(f.model, len(f))
     n = a.numel()
@@ -371,14 +373,14 @@ def step_curvature_certificates(problem: Problem, traj: Trajectory,
     origin = {bt: _certify_point(p64.batch_objectives[bt], theta0, per_origin, config, rng) for bt in batches}
     failure = sum(c.failure for c in origin.values())
     products = sum(c.products for c in origin.values())
-    constants = [segment_constants(p64.batch_objectives[bt], theta0, traj.thetas[s])[1:]
+    constants = [segment_constants(p64.batch_objectives[bt], theta0, traj.thetas[s])
                  for s, bt in enumerate(traj.schedule)]
     needed = [pieces_needed(length, k4, origin[bt].estimate, config)
-              for (k4, length), bt in zip(constants, traj.schedule, strict=True)]
+              for (_, k4, length), bt in zip(constants, traj.schedule, strict=True)]
     if sum(needed) > config.max_points:
-        needed = _equal_remainders(constants, config.max_points)
-    segments = [certify_segment(p64.batch_objectives[bt], theta0, traj.thetas[s], config, per_segment, rng,
-                                known=origin[bt], pieces=needed[s]) for s, bt in enumerate(traj.schedule)]
+        needed = _equal_remainders([(k4, length) for _, k4, length in constants], config.max_points)
+    segments = [_certify_grid(p64.batch_objectives[bt], theta0, traj.thetas[s], constants[s], config, per_segment,
+                              rng, origin[bt], needed[s]) for s, bt in enumerate(traj.schedule)]
     failure += sum(seg.failure for seg in segments)
     products += sum(seg.products for seg in segments)
     return StepCertificates([seg.value for seg in segments], [seg.t4 for seg in segments], failure, products,

@@ -15,6 +15,7 @@ below is that product:
 - ``hessian_norm`` = ||H(theta)||_2 = max |eigenvalue|, by Lanczos (ARPACK ``eigsh``, with
   ``tvtheory.spectral.BLAS_THREADS`` BLAS threads) on ``hessian_operator``; a dense eigendecomposition only
   where P is small. It returns a ``HessianNorm``: the value, the number of products made and the method.
+- ``top_eigenpair``: the ARPACK call behind it, on any float64 matvec (T6's level estimate uses it too).
 
 Why not ``torch.func.hessian``: in torch 2.13 every Hessian whose inner derivative is ``jacrev`` (hessian =
 jacfwd(jacrev), jacrev(jacrev), jvp or vjp of jacrev) is wrong through ``layer_norm`` when the LayerNorm
@@ -168,21 +169,38 @@ def hessian_norm(
         products += 1
         return hv.matvec(v)
 
-    operator = LinearOperator(hv.shape, matvec=counted, rmatvec=counted, dtype=hv.dtype)
     v0 = np.random.default_rng(seed).standard_normal(p)
-    if not np.any(operator.matvec(v0)):
+    top = top_eigenpair(counted, v0, tol=tol, maxiter=maxiter)
+    if top is None:
         # H v0 = 0 for a random v0: H is (almost surely) zero, e.g. a constant loss; ARPACK cannot start
         if p > DENSE_HESSIAN_MAX_PARAMS:
             return HessianNorm(0.0, products, "lanczos")
         return HessianNorm(_dense_norm(f, theta), products, "dense")
+    return HessianNorm(top[0], products, "lanczos")
+
+
+def top_eigenpair(matvec: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, *, tol: float,
+                  maxiter: int | None = None, vectors: bool = False) -> tuple[float, np.ndarray | None] | None:
+    """max_i |lambda_i| of a symmetric operator (float64 ``matvec``) by ARPACK ``eigsh`` (largest magnitude, from
+    v0, with ``tvtheory.spectral.BLAS_THREADS`` BLAS threads), and its Ritz vector when ``vectors``.
+
+    None when A v0 = 0 (one product; ARPACK cannot start from it). Where ARPACK does not converge the best Ritz
+    pair found is kept (a lower estimate still); ArpackNoConvergence is raised only when there is none.
+    """
+    n = v0.shape[0]
+    if not np.any(matvec(v0)):
+        return None
+    operator = LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64)
+    vecs = None
     try:
         with blas_threads():
-            vals = eigsh(operator, k=1, which="LM", v0=v0, tol=tol, maxiter=maxiter, return_eigenvectors=False)
-    except ArpackNoConvergence as err:  # keep the best Ritz value found: still a lower estimate
+            found = eigsh(operator, k=1, which="LM", v0=v0, tol=tol, maxiter=maxiter, return_eigenvectors=vectors)
+        vals, vecs = found if vectors else (found, None)
+    except ArpackNoConvergence as err:
         if len(err.eigenvalues) == 0:
             raise
-        vals = err.eigenvalues
-    return HessianNorm(float(np.abs(vals).max()), products, "lanczos")
+        vals, vecs = err.eigenvalues, (err.eigenvectors if vectors else None)
+    return float(np.abs(vals).max()), None if vecs is None else vecs[:, 0]
 
 
 def _dense_norm(f: ScalarFn, theta: torch.Tensor) -> float:
