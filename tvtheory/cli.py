@@ -327,12 +327,11 @@ def run(args: argparse.Namespace) -> dict:
                              lr_for_messages=args.lr)
         stage("per-epoch table")
         certificate = CertificateConfig(delta=CERTIFICATE_DELTA / 4)
-        plain = spec.name in ("gd", "sgd") and spec.weight_decay == 0
         certs = (step_curvature_certificates(problem, traj, certificate)
-                 if plain and smooth and has_curvature_bound(problem.model) else None)
+                 if spec.plain and smooth and has_curvature_bound(problem.model) else None)
         rows = epoch_rows(problem, spec, traj, certs)
         # a full-batch float64 GD run is T2's premise itself: T2 judges its rows (and certificates)
-        gd64 = plain and spec.name == "gd" and B == 1 and problem.theta0.dtype == torch.float64
+        gd64 = spec.plain and spec.name == "gd" and B == 1 and problem.theta0.dtype == torch.float64
         stage("Hessian norm")
         p64 = problem.to(torch.float64)
         h0 = hessian_norm(p64.objective, p64.theta0).value if smooth else None

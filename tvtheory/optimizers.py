@@ -46,6 +46,11 @@ class OptimizerSpec:
         if self.name == "momentum" and not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
+    @property
+    def plain(self) -> bool:
+        """gd or sgd without weight decay: theta_{s+1} = theta_s - eta grad L_{b_s}(theta_s), the update of T1-T3."""
+        return self.name in ("gd", "sgd") and self.weight_decay == 0
+
     def make(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The torch.optim optimizer (single-tensor code path, whose arithmetic the models count)."""
         if self.name in ("gd", "sgd"):

@@ -63,7 +63,7 @@ def epoch_rows(problem: Problem, spec: OptimizerSpec, traj: Trajectory,
     theta0, lr, B = traj.theta0, spec.lr, traj.steps_per_epoch
     g = gradient(problem.objective, theta0)
     gb = batch_gradients(problem.batch_objectives, theta0)
-    plain = spec.name in ("gd", "sgd") and spec.weight_decay == 0
+    plain = spec.plain
     smooth = problem.act.is_c2
     second = (second_order_terms(batch_hvps(problem.batch_objectives, theta0), lr, gb, traj.schedule, B)
               if plain and smooth else None)

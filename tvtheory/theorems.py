@@ -353,7 +353,7 @@ def verify_optimizer(problem: Problem, spec: OptimizerSpec, traj: Trajectory) ->
     return Verdict("optimizer", replay.holds, replay.max_update_ratio,
                    f"{spec.name}: {identity.statement}; {judged}; after {K} epochs ||tau - (-K B eta g)||/||K B eta g||"
                    f" = {details['relative_error_vs_minus_k_eta_g']:.3g}"
-                   + ("" if spec.name in ("gd", "sgd") and not spec.weight_decay or own is None else
+                   + ("" if spec.plain or own is None else
                       f", vs its own first-order prediction {details['relative_error_vs_first_order']:.3g}")
                    + f", cos(tau_K, -g) = {details['cos_tau_K_neg_g']:.4f}",
                    details)
