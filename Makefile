@@ -55,13 +55,16 @@ figures-quick: setup
 
 VISION := $(BIN)/python -m tvtheory.experiments.vision
 
+# finetune and merge run every seed (default 0,1,2; --quick 0,1) into <results>/seed<s>/ and <artifacts>/seed<s>/;
+# summary writes <results>/e3_summary.json (E3 over seeds: intervals, verdicts); report prints it all
 vision-quick: setup
 	$(VISION) finetune --quick --results results/vision-quick --artifacts runs/vision-quick
 	$(VISION) merge --quick --results results/vision-quick --artifacts runs/vision-quick
+	$(VISION) summary --results results/vision-quick
 	$(VISION) report --results results/vision-quick
 
 vision: setup
-	$(VISION) finetune && $(VISION) merge && $(VISION) report
+	$(VISION) finetune && $(VISION) merge && $(VISION) summary && $(VISION) report
 
 # The GPU scale check (tvtheory/experiments/gpu_check.py, docs/performance.md "GPU scale check").
 # gpu-pack: a 48 MiB subset of ../shared/data in gpu_data/ (ignored), the folder the device run carries.

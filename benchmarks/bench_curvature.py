@@ -520,10 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [c for c in checks if c not in CHECKS] + [d for d in dtypes if d not in ("float32", "float64")]
     if bad:
         raise SystemExit(f"unknown checks/dtypes {bad}")
-    busy = subprocess.run(["pgrep", "-f", "pretrain_vit"], capture_output=True, text=True).stdout.split()
+    busy = subprocess.run(["pgrep", "-f", "small_models/pretrain"], capture_output=True, text=True).stdout.split()
     busy = [p for p in busy if p != str(os.getpid())]
     machine = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": threads,
-               "other_benchmark_load": f"pretrain_vit running (pids {busy})" if busy else None,
+               "other_benchmark_load": f"small_models/pretrain.py running (pids {busy})" if busy else None,
                "loadavg_start": os.getloadavg(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"# {machine['cpu']}, {threads} torch threads, torch {torch.__version__}"
           + (f"  WARNING: {machine['other_benchmark_load']}" if busy else ""), flush=True)

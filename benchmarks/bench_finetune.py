@@ -3,7 +3,7 @@
     python benchmarks/bench_finetune.py --repeats 2 --epochs 2   # ~3 min; results in runs/bench/finetune.json
     python benchmarks/bench_finetune.py --images 512 --epochs 2 --optimizers sgd
 
-Model: the shipped pretrained ViT (small_models/vit_cifar5.safetensors, 310k parameters) with a frozen
+Model: the shipped pretrained encoder (small_models/cnn_cifar5.safetensors, the default) with a frozen
 linear head, float32, on ``--images`` random 32x32 images (the speed does not depend on the pixels).
 Both loops take the same batches in the same order with the same torch.optim optimizer:
 
@@ -45,7 +45,7 @@ from tvtheory.experiments.finetune import (  # noqa: E402
 )
 from tvtheory.experiments.probe import FrozenHeadClassifier  # noqa: E402
 from tvtheory.io import versions, write_json_atomic  # noqa: E402
-from tvtheory.models.vit import load_pretrained  # noqa: E402
+from tvtheory.models.pretrained import load_pretrained  # noqa: E402
 from tvtheory.vision.datasets import normalize  # noqa: E402
 
 LR = {"gd": 1e-3, "sgd": 1e-3, "adamw": 1e-4}

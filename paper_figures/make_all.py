@@ -9,6 +9,10 @@ result files. Figures whose results come from another pipeline and are not on di
 command that makes them. Files whose contents would not change are not rewritten, and none records a time,
 a host or an absolute path, so re-running on unchanged results changes nothing. --quick uses the quick
 configuration (fewer points, under ~2 minutes in all).
+
+Figures are the modules f<N>_*.py of the package, found by ``paper_figures.figures()``: theory F4-F6; the vision
+pipeline's F1 (E1), F2 (E2), F3 (E3, all tasks, over seeds) and F7 (E3, merges of T tasks, over seeds), which
+read ``results/vision/seed<s>/`` (``paper_figures.vision_runs``).
 """
 
 from __future__ import annotations

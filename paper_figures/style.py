@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 from tvtheory.io import write_bytes_atomic
 
@@ -116,3 +117,18 @@ def save(fig, name: str, out_dir: str | os.PathLike | None = None) -> list[Path]
         fig.set_layout_engine("none")   # the layout is in inches: the PNG reuses the PDF's (saves one pass)
     plt.close(fig)
     return paths
+
+
+def value(x: float | None) -> float:
+    """A plotted number: NaN (not drawn) for a missing one (null in a result file)."""
+    return float("nan") if x is None else x
+
+
+def interval_errors(rows: list[dict], key: str):
+    """Asymmetric error bars (2, n) from each row's ``<key>_ci_low`` / ``<key>_ci_high``, or None when no row has
+    an interval (fewer than 2 seeds).
+    """
+    if all(r[f"{key}_ci_low"] is None for r in rows):
+        return None
+    return np.array([[value(r[key]) - value(r[f"{key}_ci_low"]) for r in rows],
+                     [value(r[f"{key}_ci_high"]) - value(r[key]) for r in rows]])

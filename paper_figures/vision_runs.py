@@ -1,24 +1,29 @@
-"""The vision experiments' result files, as the figures F1-F3 read them.
+"""The vision experiments' result files, as the figures F1-F3 and F7 read them.
 
-``python -m tvtheory.experiments.vision`` writes ``<folder>/<task>/<optimizer>.json`` per finetuning run and
-``<folder>/merge_<optimizer>.json`` per merge (folder: results/vision by default). F1-F3 aggregate those
-files into their own result file in the same folder, every time ``make figures`` runs (it takes a second),
-so a figure never lags behind the runs it is drawn from.
+``python -m tvtheory.experiments.vision`` writes, per seed s, ``<folder>/seed<s>/<task>/<optimizer>.json`` per
+finetuning run and ``<folder>/seed<s>/merge_<optimizer>.json`` per merge, and ``summary`` writes
+``<folder>/e3_summary.json`` (folder: results/vision by default). The figures aggregate those files into their own
+result file in the same folder, every time ``make figures`` runs (it takes a second), so a figure never lags
+behind the runs it is drawn from: ``load`` recomputes the summary over seeds from the merge files
+(``tvtheory.experiments.summary.e3_summary``) with the margin recorded in ``e3_summary.json`` (the config's default
+without one). F1 and F2 draw the lowest seed's runs (``"runs"``), F3 and F7 all seeds.
 
-When the folder holds no finished runs, the quick configuration of the pipeline (``QUICK``, the settings of
-``make vision-quick``) is run first through the library (a few minutes, with progress bars) into
-``<folder>/../vision-quick`` and the figures are drawn from that; this is printed, and recorded as the
-result's configuration.
+When the folder holds no finished runs in seed folders, the quick configuration of the pipeline (``QUICK`` with
+``QUICK_SEEDS``, the settings of ``make vision-quick``) is run first through the library (a few minutes per seed,
+with progress bars) into ``<folder>/../vision-quick`` and the figures are drawn from that; this is printed, and
+recorded as the result's configuration.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from tvtheory.experiments.config import VisionConfig
 from tvtheory.experiments.finetune import FINETUNE_OPTIMIZERS as OPTIMIZERS
+from tvtheory.experiments.summary import QUICK_SEEDS, SUMMARY_FILE, e3_summary, seed_folders
 
 from . import style
 
@@ -50,55 +55,87 @@ def _run_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*/*.json") if p.stem in OPTIMIZERS)
 
 
-def run_pipeline(folder: Path, config: VisionConfig) -> VisionConfig:
-    """The vision pipeline's finetune then merge with ``config``, results in ``folder`` (results/<name>) and
-    artifacts in runs/<name> beside results/; returns the config it ran.
+def _seeded(folder: Path) -> dict[int, Path]:
+    """The seed folders of ``folder`` that hold a finished run."""
+    return {s: f for s, f in seed_folders(folder).items() if _run_files(f)}
+
+
+def run_pipeline(folder: Path, config: VisionConfig, seeds: Sequence[int] = QUICK_SEEDS) -> VisionConfig:
+    """The vision pipeline's finetune then merge with ``config`` for each of ``seeds`` (``seed_config``: results in
+    ``folder/seed<s>`` (folder = results/<name>), artifacts in runs/<name>/seed<s> beside results/), then the summary
+    ``folder/e3_summary.json``; returns the config it ran (the folders before the seed's).
     """
     from tvtheory.experiments.dist import init_from_env
     from tvtheory.experiments.encoders import load_encoder
     from tvtheory.experiments.merging import merge
     from tvtheory.experiments.runs import finetune_tasks
+    from tvtheory.experiments.summary import seed_config, summarise
 
     artifacts = folder.parent.parent / "runs" / folder.name        # results/vision-quick -> runs/vision-quick
     config = dataclasses.replace(config, results=str(folder), artifacts=str(artifacts))
     encoder, ctx = load_encoder(config), init_from_env()
-    finetune_tasks(config, encoder, ctx)
-    if not merge(config, encoder, ctx):
-        raise RuntimeError(f"the vision pipeline merged nothing in {folder}: it needs finished runs of >= 2 tasks")
+    for seed in seeds:
+        cfg = seed_config(config, seed)
+        finetune_tasks(cfg, encoder, ctx)
+        if not merge(cfg, encoder, ctx):
+            raise RuntimeError(f"the vision pipeline merged nothing in {cfg.results}: it needs finished runs of >= 2 "
+                               "tasks")
+    summarise(config)
     return config
 
 
-def load(folder: str | Path) -> dict:
-    """{"runs": {(task, optimizer): run json}, "merges": {optimizer: merge json}, "source": {...}}.
+def _runs_of(folder: Path) -> dict[tuple[str, str], dict]:
+    runs = {}
+    for path in _run_files(folder):
+        r = json.loads(path.read_text())
+        runs[(r["task"], r["optimizer"])] = r
+    return runs
 
-    Runs the quick pipeline first when ``folder`` has no finished run (module docstring).
+
+def _merges_of(folder: Path) -> dict[str, dict]:
+    merges = {}
+    for path in sorted(folder.glob("merge_*.json")):
+        m = json.loads(path.read_text())
+        merges[m["optimizer"]] = m
+    return merges
+
+
+def load(folder: str | Path) -> dict:
+    """{"runs": {(task, optimizer): run json}, "merges": {optimizer: merge json} (both of the lowest seed),
+    "seeds": {seed: {"runs": ..., "merges": ...}}, "summary": the summary over seeds (None without merges),
+    "source": {...}}.
+
+    Runs the quick pipeline first when ``folder`` has no finished run in a seed folder (module docstring).
     """
     folder = Path(folder)
     source_folder = folder
-    if not _run_files(folder):
+    if not _seeded(folder):
         source_folder = folder.parent / "vision-quick"
-        if not _run_files(source_folder):
-            print(f"{folder} has no vision results: computing them with the quick configuration "
-                  f"(python -m tvtheory.experiments.vision finetune/merge --quick --results {source_folder}); "
-                  "this takes a few minutes", flush=True)
+        old = " (its runs are in the layout before seed folders, <task>/<optimizer>.json)" if _run_files(folder) else ""
+        if not _seeded(source_folder):
+            print(f"{folder} has no vision results in seed folders{old}: computing them with the quick "
+                  f"configuration (python -m tvtheory.experiments.vision finetune/merge --quick --results "
+                  f"{source_folder}, then summary); this takes a few minutes per seed", flush=True)
             run_pipeline(source_folder, QUICK)
         else:
-            print(f"{folder} has no vision results: using the quick ones in {source_folder}", flush=True)
-    runs = {}
-    for path in _run_files(source_folder):
-        r = json.loads(path.read_text())
-        runs[(r["task"], r["optimizer"])] = r
-    merges = {}
-    for path in sorted(source_folder.glob("merge_*.json")):
-        m = json.loads(path.read_text())
-        merges[m["optimizer"]] = m
-    any_run = next(iter(runs.values()))
+            print(f"{folder} has no vision results in seed folders{old}: using the quick ones in {source_folder}",
+                  flush=True)
+    seeds = {s: {"runs": _runs_of(f), "merges": _merges_of(f)} for s, f in _seeded(source_folder).items()}
+    first = seeds[min(seeds)]
+    merges = {s: v["merges"] for s, v in seeds.items() if v["merges"]}
+    stored = source_folder / SUMMARY_FILE
+    margin = (json.loads(stored.read_text())["equivalence_margin"] if stored.exists()
+              else VisionConfig.__dataclass_fields__["equivalence_margin"].default)
+    summary = e3_summary(merges, margin) if merges else None
+    any_run = next(iter(first["runs"].values()))
     config = any_run["config"]
     configuration = "synthetic" if config.get("synthetic") else "quick" if config.get("quick") else "default"
+    files = [str(p) for f in _seeded(source_folder).values() for p in _run_files(f)]
     source = {"folder": str(source_folder), "configuration": configuration,
-              "max_train": config.get("max_train"), "epochs": config["finetune"]["epochs"],
-              "seed": any_run["seed"], "files": [str(p) for p in _run_files(source_folder)]}
-    return {"runs": runs, "merges": merges, "source": source}
+              "max_train": config.get("max_train"),
+              "epochs": max(len(r["records"]) for v in seeds.values() for r in v["runs"].values()),
+              "seed": any_run["seed"], "seeds": sorted(seeds), "files": files}
+    return {"runs": first["runs"], "merges": first["merges"], "seeds": seeds, "summary": summary, "source": source}
 
 
 def tasks_of(runs: dict, optimizer: str | None = None) -> list[str]:

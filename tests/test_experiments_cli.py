@@ -12,15 +12,15 @@ import torch
 from tvtheory.experiments import vision
 from tvtheory.experiments.config import QUICK
 
-BASE = ["--synthetic", "--quick", "--tasks", "mnist,cars", "--optimizers", "gd,sgd"]
+BASE = ["--synthetic", "--quick", "--tasks", "mnist,cars", "--optimizers", "gd,sgd", "--seeds", "0"]
 FINETUNE = [*BASE, "--no-progress", "--lr-gd", "1e-3", "--lr-sgd", "1e-3"]
 
 
 def _tiny(tmp_path, *extra, optimizers="gd"):
     """finetune arguments of a seconds-long synthetic run (one task, tiny caps) writing under tmp_path; 48 training
     images, more than the 16 features, so the probe cannot fit them exactly (a zero loss would leave no gradient)."""
-    return ["finetune", "--synthetic", "--tasks", "mnist", "--optimizers", optimizers, "--epochs", "2",
-            "--max-train", "48", "--max-val", "8", "--max-test", "8", "--no-second-order",
+    return ["finetune", "--synthetic", "--tasks", "mnist", "--optimizers", optimizers, "--gd-steps", "2",
+            "--max-train", "48", "--max-val", "8", "--max-test", "8", "--no-second-order", "--seeds", "0",
             "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts"), *extra]
 
 
@@ -37,6 +37,8 @@ def _one_error_line(capsys, *needles) -> str:
 def test_finetune_resume_merge_report(tmp_path, capsys):
     art = tmp_path / "artifacts"                   # task vectors / checkpoints, apart from the JSON results
     res = ["--results", str(tmp_path), "--artifacts", str(art)]
+    seed_res, seed_art = tmp_path, art                 # the folders given; seed 0 writes into their seed0/
+    tmp_path, art = tmp_path / "seed0", art / "seed0"
     assert vision.main(["finetune", *FINETUNE, *res, "--stop-after", "1"]) == 0          # "interrupted"
     assert not (tmp_path / "mnist" / "gd.json").exists()
     ckpt = torch.load(art / "mnist" / "gd" / "checkpoint.pt", weights_only=False)
@@ -47,7 +49,9 @@ def test_finetune_resume_merge_report(tmp_path, capsys):
     for task in ("mnist", "cars"):
         for opt in ("gd", "sgd"):
             r = json.loads((tmp_path / task / f"{opt}.json").read_text())
-            assert r["resumed_from_epoch"] == 1 and len(r["records"]) == QUICK["epochs"]
+            K = r["stopping"]["last_epoch"]
+            assert r["resumed_from_epoch"] == 1 and len(r["records"]) == K == len(r["task_vectors"])
+            assert K == QUICK["gd_steps"] if opt == "gd" else QUICK["patience"] < K <= QUICK["max_epochs"]
             assert r["seed"] == 0 and "torch" in r["versions"] and r["config"]["finetune"]["optimizer"] == opt
             assert r["config"]["quick"] and r["config"]["synthetic"] and r["config"]["max_train"] == 256
             assert r["data"]["num_train"] == QUICK["max_train"] and "capped by --max-train 256" in r["data"]["note"]
@@ -55,7 +59,7 @@ def test_finetune_resume_merge_report(tmp_path, capsys):
             assert r["task_vectors"][0] == str(art / task / opt / "tau_epoch001.safetensors")
             assert not (tmp_path / task / opt).exists()           # nothing large in the results folder
             e2 = r["analysis"]["E2"]
-            assert len(e2["cos_update_k_tauK"]) == 3 and set(e2["per_layer"]["cos_tau1_tauK"]) == set(
+            assert len(e2["cos_update_k_tauK"]) == K and set(e2["per_layer"]["cos_tau1_tauK"]) == set(
                 r["analysis"]["E2"]["per_layer"]["cos_neg_g_tauK"])
             assert r["analysis"]["expansion"]["second_order_computed"]
             assert set(r["accuracy"]) == {"pretrained", "one_epoch", "finetuned"}
@@ -68,7 +72,7 @@ def test_finetune_resume_merge_report(tmp_path, capsys):
         path = art / "mnist" / "gd" / f"tau_epoch{k:03d}.safetensors"
         return torch.cat([v.reshape(-1) for v in load_file(str(path)).values()])
 
-    t1, tk = flat(1), flat(3)
+    t1, tk = flat(1), flat(gd["stopping"]["converged_epoch"])
     assert gd["analysis"]["E2"]["cos_tau1_tauK"] == pytest.approx(
         float(t1.double() @ tk.double() / (t1.double().norm() * tk.double().norm())), rel=1e-12)
     assert not list(art.rglob("*.tmp")) and not list(tmp_path.glob("**/.*"))     # every file written atomically
@@ -78,15 +82,17 @@ def test_finetune_resume_merge_report(tmp_path, capsys):
     assert "skipped" in capsys.readouterr().err
     assert vision.main(["merge", *BASE, *res]) == 0
     m = json.loads((tmp_path / "merge_gd.json").read_text())
+    assert set(m["sweep"]["by_size"]) == {"2"} and m["sweep"]["sizes_skipped"] == [3, 5, 7]
     for which in ("one_epoch", "converged"):
         assert m[which]["alpha_1_over_T"]["alpha"] == 0.5
         assert m[which]["alpha_val"]["alpha"] in m[which]["alpha_grid"]
         assert set(m[which]["alpha_val"]["test_accuracy"]) == {"mnist", "cars"}
     assert set(m["pretrained_test_accuracy"]) == {"mnist", "cars"}
     assert m["config"]["alpha_grid"] == m["one_epoch"]["alpha_grid"]
-    assert vision.main(["report", "--results", str(tmp_path)]) == 0
+    assert vision.main(["report", "--results", str(seed_res)]) == 0
     out = capsys.readouterr().out
-    assert "E3 merge (gd)" in out and "mnist" in out and "does not apply" in out
+    assert "seed 0" in out and "E3 merge (gd, seed 0)" in out and "mnist" in out and "does not apply" in out
+    assert not (seed_res / "mnist").exists() and not (seed_art / "mnist").exists()
 
 
 def test_merge_with_nothing_to_merge_exits_1(tmp_path, capsys):
@@ -99,7 +105,8 @@ def test_bad_arguments_are_one_line_and_status_2(capsys):
     assert vision.main(["finetune", "--tasks", "imagenet"]) == 2
     _one_error_line(capsys, "unknown ['imagenet']", "--tasks")
     for argv, needle in ((["finetune", "--lr-gd", "-1"], "positive"), (["finetune", "--bogus"], "--bogus"),
-                         (["merge", "--epochs", "3"], "--epochs"), (["frobnicate"], "invalid choice")):
+                         (["merge", "--max-epochs", "3"], "--max-epochs"), (["merge", "--gd-steps", "3"], "--gd-steps"),
+                         (["finetune", "--epochs", "3"], "--epochs"), (["frobnicate"], "invalid choice")):
         with pytest.raises(SystemExit) as e:                # argparse's own errors: also one line, status 2
             vision.main(argv)
         assert e.value.code == 2
@@ -109,7 +116,7 @@ def test_bad_arguments_are_one_line_and_status_2(capsys):
 def test_every_subcommand_has_its_own_help_for_every_flag(capsys):
     parser = vision.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"pretrain-info", "finetune", "merge", "report"}
+    assert set(sub.choices) == {"pretrain-info", "finetune", "merge", "summary", "report"}
     for name, p in sub.choices.items():
         assert p.description, name
         for action in p._actions:
@@ -121,7 +128,7 @@ def test_every_subcommand_has_its_own_help_for_every_flag(capsys):
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert p.description.split()[0] in out
-        if name != "report":
+        if name not in ("report", "summary"):
             assert "TVTHEORY_DATA" in out and "../shared/data" in out       # where --data-root defaults from
 
 
@@ -140,7 +147,7 @@ def test_same_command_under_torchrun_two_processes(tmp_path):
     import sys
 
     args = ["finetune", "--synthetic", "--quick", "--tasks", "mnist", "--optimizers", "gd", "--no-progress",
-            "--lr-gd", "1e-3", "--no-second-order"]
+            "--lr-gd", "1e-3", "--no-second-order", "--seeds", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "tvtheory.experiments.vision", *args, "--results", str(tmp_path / "ddp"),
@@ -156,8 +163,8 @@ def test_same_command_under_torchrun_two_processes(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert vision.main([*args, "--results", str(tmp_path / "one"), "--artifacts", str(tmp_path / "one_art"),
                         "--threads", "1"]) == 0
-    ddp = json.loads((tmp_path / "ddp" / "mnist" / "gd.json").read_text())
-    one = json.loads((tmp_path / "one" / "mnist" / "gd.json").read_text())
+    ddp = json.loads((tmp_path / "ddp" / "seed0" / "mnist" / "gd.json").read_text())
+    one = json.loads((tmp_path / "one" / "seed0" / "mnist" / "gd.json").read_text())
     assert ddp["world_size"] == 2 and one["world_size"] == 1
     assert ddp["t1_check"]["holds"]
     assert ddp["probe"]["num_examples"] == one["probe"]["num_examples"] == QUICK["max_train"]
@@ -166,10 +173,11 @@ def test_same_command_under_torchrun_two_processes(tmp_path):
 
 def test_results_folder_of_another_data_config_is_refused(tmp_path, capsys):
     args = ["finetune", "--synthetic", "--tasks", "mnist", "--optimizers", "gd", "--no-progress",
-            "--no-second-order", "--lr-gd", "1e-3", "--results", str(tmp_path), "--artifacts", str(tmp_path)]
+            "--no-second-order", "--lr-gd", "1e-3", "--seeds", "0", "--results", str(tmp_path), "--artifacts",
+            str(tmp_path)]
     assert vision.main([*args, "--quick", "--stop-after", "1"]) == 0
     capsys.readouterr()
-    assert vision.main([*args, "--max-train", "100", "--max-val", "20", "--max-test", "20", "--epochs", "3"]) == 2
+    assert vision.main([*args, "--max-train", "100", "--max-val", "20", "--max-test", "20", "--gd-steps", "3"]) == 2
     _one_error_line(capsys, "was fitted on 256 training images", "this run has 100", "another --max-train")
 
 
@@ -198,12 +206,14 @@ def test_a_diverging_run_is_a_message(tmp_path, capsys):
 
 
 def test_settings_are_validated_before_any_work(tmp_path, capsys, monkeypatch):
-    """--epochs 0 and --max-train 1 are refused before the encoder is loaded or any data read."""
+    """--gd-steps 0 and --max-train 1 (and the like) are refused before the encoder is loaded or any data read."""
     def no_work(*a, **k):
         raise AssertionError("work started before the settings were validated")
 
     monkeypatch.setattr(vision, "load_encoder", no_work)
-    for extra, needles in ((["--epochs", "0"], ("--epochs", ">= 1")),
+    for extra, needles in ((["--gd-steps", "0"], ("--gd-steps", ">= 1")),
+                           (["--max-epochs", "0"], ("--max-epochs", ">= 1")),
+                           (["--patience", "0"], ("--patience", ">= 1")),
                            (["--max-train", "1"], ("--max-train", "at least 2")),
                            (["--max-train", "1", "--lr-gd", "0.1"], ("--max-train",)),
                            (["--batch-size", "0"], ("--batch-size",)),
@@ -228,7 +238,7 @@ def test_a_training_set_of_one_class_is_refused(tmp_path, capsys):
 def test_quick_with_a_size_flag_is_refused(tmp_path, capsys):
     """--quick is a preset: together with a flag it sets, one of the two would be silently ignored, and the run
     would be labelled 'quick' in the figures while not being the preset; so it is an error, not a warning."""
-    for flag in ("--epochs", "--max-train"):
+    for flag in ("--max-epochs", "--patience", "--gd-steps", "--max-train"):
         assert vision.main(["finetune", *FINETUNE, flag, "5", "--results", str(tmp_path)]) == 2
         _one_error_line(capsys, "--quick sets", f"would override {flag}", "drop --quick")
     assert not any(tmp_path.iterdir())
@@ -273,8 +283,8 @@ def test_progress_is_plain_lines_off_a_terminal_and_named_bars_on_one(tmp_path, 
 
 def _folder_run(tmp_path, *extra):
     """finetune arguments for a tiny gd run writing under tmp_path."""
-    return ["finetune", "--optimizers", "gd", "--epochs", "2", "--max-train", "16", "--max-val", "8",
-            "--max-test", "16", "--lr-gd", "1e-3", "--no-progress",
+    return ["finetune", "--optimizers", "gd", "--gd-steps", "2", "--max-train", "16", "--max-val", "8",
+            "--max-test", "16", "--lr-gd", "1e-3", "--no-progress", "--seeds", "0",
             "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts"), *extra]
 
 
@@ -283,12 +293,12 @@ def test_task_folder_end_to_end(tmp_path):
     its images are read at the encoder's image size (12 px PNGs, an 8 px encoder)."""
     from cases import tiny_encoder, write_image_folder
 
-    from tvtheory.models.vit import save_encoder
+    from tvtheory.models.pretrained import save_encoder
 
     root = write_image_folder(tmp_path / "shapes")                       # 3 classes, 10 train + 3 test each
     weights = save_encoder(tiny_encoder(), tmp_path / "tiny.safetensors")
     assert vision.main(_folder_run(tmp_path, "--pretrained", str(weights), "--task-folder", f"shapes={root}")) == 0
-    r = json.loads((tmp_path / "results" / "shapes" / "gd.json").read_text())
+    r = json.loads((tmp_path / "results" / "seed0" / "shapes" / "gd.json").read_text())
     assert r["task"] == "shapes" and r["config"]["tasks"] == ["shapes"]
     assert r["config"]["task_folder"] == {"shapes": str(root)}
     assert r["data"]["num_classes"] == 3 and r["data"]["num_test"] == 9
@@ -331,3 +341,31 @@ def test_task_folder_with_an_empty_training_class_is_refused_before_any_work(tmp
     assert vision.main(_folder_run(tmp_path, "--synthetic", "--task-folder", f"shapes={root}")) == 2
     _one_error_line(capsys, f"--task-folder shapes={root}", str(root / "train" / "square"), "has no images")
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "results").exists()
+
+
+def test_stopping_flags_reach_the_config_and_are_warned_about(tmp_path, capsys):
+    ns = vision.build_parser().parse_args(["finetune", "--max-epochs", "7", "--patience", "2", "--gd-steps", "5"])
+    config = vision.config_from_args(ns)
+    assert (config.max_epochs, config.patience, config.gd_steps) == (7, 2, 5)
+    help_text = vision.build_parser()._subparsers._group_actions[0].choices["finetune"].format_help()
+    for flag in ("--max-epochs", "--patience", "--gd-steps"):
+        assert flag in help_text
+    assert "--epochs " not in help_text
+    assert vision.main(["finetune", "--optimizers", "sgd", "--gd-steps", "5", "--results", str(tmp_path),
+                        "--pretrained", str(tmp_path / "absent.safetensors")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("warning: ")] == [
+        "warning: --gd-steps 5 applies to gd only and --optimizers sgd has no gd: it does nothing"]
+    assert vision.main(["finetune", "--optimizers", "gd", "--patience", "5", "--max-epochs", "9",
+                        "--pretrained", str(tmp_path / "absent.safetensors")]) == 2
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2 and all("applies to sgd and adamw" in w for w in warnings)
+
+
+def test_old_seed_flag_is_refused_not_abbreviated(capsys):
+    """--seed was replaced by --seeds; without abbreviations an old command line is an error, not seed 1 only."""
+    with pytest.raises(SystemExit) as e:
+        vision.main(["finetune", "--seed", "1", "--synthetic"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unrecognized arguments: --seed 1" in err[0]

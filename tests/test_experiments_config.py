@@ -21,21 +21,30 @@ def test_defaults_and_json_form():
     assert json.loads(json.dumps(d)) == d                  # plain JSON types
     assert d["tasks"] == list(TASKS) and d["task_folder"] == {} and d["quick"] is False
     # the keys the figures and the report read keep their names
-    assert {"synthetic", "quick", "max_train", "epochs", "seed", "lr_gd", "alpha_grid"} <= set(d)
+    assert {"synthetic", "quick", "max_train", "max_epochs", "patience", "gd_steps", "seed", "lr_gd",
+            "alpha_grid"} <= set(d)
+    assert "epochs" not in d                                   # replaced by max_epochs / patience / gd_steps
     assert VisionConfig(**{k: v for k, v in d.items()}) == c               # the dict rebuilds the config
 
 
 def test_quick_preset_is_the_preset():
     q = VisionConfig.quick_preset(synthetic=True, tasks=["mnist"])
     assert q.quick and all(getattr(q, k) == v for k, v in QUICK.items()) and q.tasks == ("mnist",)
-    with pytest.raises(VisionError, match="the quick preset sets epochs"):
-        VisionConfig.quick_preset(epochs=5)
+    assert (q.max_epochs, q.patience, q.gd_steps) == (QUICK["max_epochs"], QUICK["patience"], QUICK["gd_steps"])
+    assert q.patience + 1 < q.max_epochs                       # the quick runs can stop early, too
+    for name in ("max_epochs", "patience", "gd_steps"):
+        with pytest.raises(VisionError, match=f"the quick preset sets {name}"):
+            VisionConfig.quick_preset(**{name: 5})
     with pytest.raises(VisionError, match=r"quick=True \(--quick\) is the preset.*'max_train': 100.*--max-train"):
         dataclasses.replace(q, max_train=100)
 
 
 @pytest.mark.parametrize(("fields", "needles"), [
-    ({"epochs": 0}, ("epochs (--epochs) is 0", ">= 1")),
+    ({"max_epochs": 0}, ("max_epochs (--max-epochs) is 0", ">= 1", "cap")),
+    ({"patience": 0}, ("patience (--patience) is 0", ">= 1")),
+    ({"patience": True}, ("--patience",)),
+    ({"patience": 2.5}, ("--patience", "integer")),
+    ({"gd_steps": 0}, ("gd_steps (--gd-steps) is 0", ">= 1", "full-batch steps")),
     ({"max_train": 1}, ("--max-train", "at least 2")),
     ({"max_train": -1}, ("--max-train", ">= 0")),
     ({"batch_size": 0}, ("--batch-size",)),
@@ -87,5 +96,15 @@ def test_settings_that_do_nothing_are_listed():
     assert VisionConfig(optimizers=("gd",), lr_gd=0.1, sharpness_subset=64).unused_settings()[0].startswith(
         "--sharpness-subset")
     assert VisionConfig(synthetic=True, data_root="/data").unused_settings()[0].startswith("--data-root")
+    # the stopping settings: gd takes --gd-steps, sgd / adamw --patience and --max-epochs
+    assert VisionConfig(optimizers=("sgd", "adamw"), gd_steps=5).unused_settings() == [
+        "--gd-steps 5 applies to gd only and --optimizers sgd,adamw has no gd: it does nothing"]
+    lines = VisionConfig(optimizers=("gd",), patience=5, max_epochs=50).unused_settings()
+    assert len(lines) == 2 and lines[0].startswith("--patience 5 applies to sgd and adamw")
+    assert lines[1].startswith("--max-epochs 50 applies to sgd and adamw")
+    assert VisionConfig(optimizers=("gd", "sgd"), gd_steps=5, patience=5, max_epochs=50).unused_settings() == []
+    for patience, max_epochs, warned in ((3, 4, True), (3, 5, False), (10, 4, True)):
+        lines = VisionConfig(patience=patience, max_epochs=max_epochs).unused_settings()
+        assert (lines != [] and "always run to the cap" in lines[0]) is warned, (patience, max_epochs, lines)
     # under the quick preset the preset's own values are not "changed"
     assert VisionConfig.quick_preset(optimizers=("gd",)).unused_settings() == []

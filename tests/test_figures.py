@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import platform
 import re
 import socket
@@ -35,6 +36,7 @@ from paper_figures import (  # noqa: E402
 )
 from paper_figures.results import format_cell, load, load_or_compute, resolve, result_path  # noqa: E402
 from tvtheory.experiments.config import VisionConfig  # noqa: E402
+from tvtheory.experiments.summary import verdict  # noqa: E402
 
 TINY = {
     f4_second_order: {**f4_second_order.CONFIGS["quick"], "samples": 96, "widths": [64, 4, 10], "epochs": 3,
@@ -45,9 +47,13 @@ TINY = {
                         "runs": [{"seed": 0, "lr": 0.1}]},
 }
 THEORY = ["f4_second_order", "f5_curvature_bound", "f6_floating_point"]
-VISION = ["f1_norm_dominance", "f2_direction_dominance", "f3_merging"]
-# the vision pipeline on a random tiny ViT and random images: seconds, no data needed
-SYNTHETIC = VisionConfig.quick_preset(synthetic=True, tasks=("mnist", "cars"), progress=False)
+VISION = ["f1_norm_dominance", "f2_direction_dominance", "f3_merging", "f7_merge_sweep"]
+# the vision pipeline on a random tiny ViT and random images: seconds, no data needed; three tasks, so that the
+# sweep across T has two sizes (T = 2: 2 of the 3 subsets, T = 3: all tasks)
+VISION_TASKS = ("mnist", "cars", "gtsrb")
+SYNTHETIC = VisionConfig.quick_preset(synthetic=True, tasks=VISION_TASKS, progress=False, merge_sizes=(2, 3),
+                                      merge_subsets=2)
+SEEDS = (0, 1)
 
 
 def _make_all(root: Path, out: io.StringIO) -> None:
@@ -69,7 +75,7 @@ def made(tmp_path_factory):
     root = tmp_path_factory.mktemp("figures")
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        vision_runs.run_pipeline(root / "results" / "vision", SYNTHETIC)
+        vision_runs.run_pipeline(root / "results" / "vision", SYNTHETIC, SEEDS)
     _make_all(root, out)
     first = _written(root)
     stats = {name: (root / name).stat() for name in first}
@@ -81,7 +87,7 @@ def made(tmp_path_factory):
 
 
 def test_every_figure_is_discovered_in_order():
-    assert [f.NAME for f in figures()] == VISION + THEORY
+    assert [f.NAME for f in figures()] == VISION[:3] + THEORY + VISION[3:]
 
 
 @pytest.mark.parametrize("name", THEORY)
@@ -97,7 +103,10 @@ def test_missing_results_are_computed_with_a_message(made, name):
 def test_vision_figures_are_collected_from_the_runs(made, name):
     assert f"collecting {name} from the vision runs" in made["stdout"]
     result = load(made["results"] / "vision" / f"{name}.json")
-    assert result["configuration"] == "synthetic" and result["data"]["source"]["epochs"] == 3
+    source = result["data"]["source"]
+    runs = [_run(made["results"], t, o, s) for s in SEEDS for t in VISION_TASKS for o in ("gd", "sgd", "adamw")]
+    assert result["configuration"] == "synthetic" and source["epochs"] == max(len(r["records"]) for r in runs)
+    assert source["seeds"] == list(SEEDS) and source["seed"] == 0
     assert {"config", "seed", "versions"} <= set(result)
 
 
@@ -139,7 +148,7 @@ def test_numbers_md_equals_the_result_files(made):
         for cells, row in zip(rows, expected, strict=True):
             assert len(cells) == len(keys)
             for key, cell in zip(keys, cells, strict=True):
-                value = row[key]
+                value = row.get(key)          # a key a row lacks is n/a, as render_table writes it
                 assert cell == format_cell(value), (file.stem, path, key)
                 if isinstance(value, float):                      # parse the number back
                     assert float(cell) == pytest.approx(value, rel=1e-5, abs=0)
@@ -340,21 +349,24 @@ def test_figures_from_another_pipeline_are_skipped_until_their_results_exist(tmp
     assert load_or_compute(fake, "default", tmp_path) == stored
 
 
-def _run(results: Path, task: str, opt: str) -> dict:
-    return json.loads((results / "vision" / task / f"{opt}.json").read_text())
+def _run(results: Path, task: str, opt: str, seed: int = 0) -> dict:
+    return json.loads((results / "vision" / f"seed{seed}" / task / f"{opt}.json").read_text())
+
+
+def _merge_file(results: Path, opt: str, seed: int) -> dict:
+    return json.loads((results / "vision" / f"seed{seed}" / f"merge_{opt}.json").read_text())
 
 
 def test_vision_figure_numbers_are_the_recorded_ones(made):
-    """F1-F3's tables, recomputed here from the pipeline's own run and merge files."""
+    """F1-F2's tables (seed 0), recomputed here from the pipeline's own run files."""
     results = made["results"]
     f1 = load(results / "vision" / "f1_norm_dominance.json")["data"]["rows"]
     f2 = load(results / "vision" / "f2_direction_dominance.json")["data"]
-    f3 = load(results / "vision" / "f3_merging.json")["data"]["rows"]
-    assert {(r["task"], r["optimizer"]) for r in f1} == {(t, o) for t in ("mnist", "cars") for o in ("gd", "sgd",
-                                                                                                       "adamw")}
+    assert {(r["task"], r["optimizer"]) for r in f1} == {(t, o) for t in VISION_TASKS for o in ("gd", "sgd", "adamw")}
     for row in f1:
         norms = [r["full_grad_norm_start"] for r in _run(results, row["task"], row["optimizer"])["records"]]
-        assert [row[f"share_{k}"] for k in (1, 2, 3)] == pytest.approx([v / sum(norms) for v in norms], rel=1e-12)
+        shares = [row[f"share_{k}"] for k in range(1, len(norms) + 1)]
+        assert shares == pytest.approx([v / sum(norms) for v in norms], rel=1e-12)
         assert row["epoch1_largest"] == (norms[0] == max(norms))
     for row in f2["rows"]:
         e2 = _run(results, row["task"], row["optimizer"])["analysis"]["E2"]
@@ -369,32 +381,91 @@ def test_vision_figure_numbers_are_the_recorded_ones(made):
             from tvtheory.experiments.storage import grad_path, tau_path
 
             run = _run(results, row["task"], "gd")
-            folder = results.parent / "runs" / "vision" / row["task"] / "gd"
+            folder = results.parent / "runs" / "vision" / "seed0" / row["task"] / "gd"
             def flat(path):     # same tensor order for both files: enough for norms of their combination
                 return torch.cat([t.double().flatten() for _, t in sorted(load_file(str(path)).items())])
 
             tau1, g = flat(tau_path(folder, 1)), flat(grad_path(folder, 1))
             slack = 2 * float((tau1 + run["config"]["finetune"]["lr"] * g).norm() / tau1.norm())
             assert abs(row["cos_tau1_tauK"] - row["cos_neg_g_tauK"]) <= slack
+
+
+def _interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of two values by hand: sd = |a - b| / sqrt(2), t_{0.975, 1} = tan(0.475 pi)."""
+    a, b = values
+    half = math.tan(0.475 * math.pi) * abs(a - b) / math.sqrt(2) / math.sqrt(2)
+    return (a + b) / 2, (a + b) / 2 - half, (a + b) / 2 + half
+
+
+def test_f3_numbers_are_the_means_and_intervals_over_seeds(made):
+    """F3's rows: per task the mean over the seeds' merge and run files with the 95% t-interval by hand; the average
+    row's difference is the summary's (e3_summary.json, written by the pipeline), and so is the verdict."""
+    results = made["results"]
+    data = load(results / "vision" / "f3_merging.json")["data"]
+    summary = json.loads((results / "vision" / "e3_summary.json").read_text())
+    assert data["equivalence_margin"] == summary["equivalence_margin"] == SYNTHETIC.equivalence_margin
     for opt in ("gd", "sgd", "adamw"):
-        merge = json.loads((results / "vision" / f"merge_{opt}.json").read_text())
-        mine = {r["task"]: r for r in f3 if r["optimizer"] == opt}
-        for t in ("mnist", "cars"):
-            assert mine[t]["merged_one_epoch"] == merge["one_epoch"]["alpha_val"]["test_accuracy"][t]
-            assert mine[t]["finetuned"] == _run(results, t, opt)["accuracy"]["finetuned"]["test"]
-        assert mine["average"]["merged_converged"] == pytest.approx(merge["converged"]["alpha_val"]["mean_accuracy"])
-        assert mine["average"]["merged_converged_normalised"] == pytest.approx(
-            merge["converged"]["alpha_val"]["mean_normalised_accuracy"])
+        merges = [_merge_file(results, opt, s) for s in SEEDS]
+        mine = {r["task"]: r for r in data["rows"] if r["optimizer"] == opt}
+        assert set(mine) == {*VISION_TASKS, "average"} and all(r["seeds"] == 2 for r in mine.values())
+        for t in VISION_TASKS:
+            one = [m["one_epoch"]["alpha_val"]["test_accuracy"][t] for m in merges]
+            mean, low, high = _interval(one)
+            assert (mine[t]["merged_one_epoch"], mine[t]["merged_one_epoch_ci_low"],
+                    mine[t]["merged_one_epoch_ci_high"]) == (pytest.approx(mean), pytest.approx(low, abs=1e-12),
+                                                             pytest.approx(high, abs=1e-12))
+            ft = [_run(results, t, opt, s)["accuracy"]["finetuned"]["test"] for s in SEEDS]
+            assert mine[t]["finetuned"] == pytest.approx(sum(ft) / 2)
+            conv = [m["converged"]["alpha_val"]["test_accuracy"][t] for m in merges]
+            normalised = [c / f for c, f in zip(conv, ft, strict=True)]
+            assert mine[t]["merged_converged_normalised"] == pytest.approx(sum(normalised) / 2)
+            d = _interval([100 * (a - b) for a, b in zip(one, conv, strict=True)])
+            assert (mine[t]["difference_points"], mine[t]["difference_points_ci_low"],
+                    mine[t]["difference_points_ci_high"]) == pytest.approx(d, abs=1e-9)
+        avg = mine["average"]
+        all_tasks = summary["optimizers"][opt]["all_tasks"]
+        assert avg["merged_converged"] == pytest.approx(all_tasks["converged"]["mean"], rel=1e-12)
+        assert avg["merged_converged_normalised"] == pytest.approx(
+            sum(m["converged"]["alpha_val"]["mean_normalised_accuracy"] for m in merges) / 2, rel=1e-12)
+        assert [avg["difference_points_ci_low"], avg["difference_points_ci_high"]] == pytest.approx(
+            all_tasks["difference_points"]["ci95"], rel=1e-12, abs=1e-12)
+        row = next(c for c in data["comparison"] if c["optimizer"] == opt)
+        assert row["verdict"] == all_tasks["verdict"] and row["seeds"] == 2
+        assert [row["ci_low"], row["ci_high"]] == pytest.approx(all_tasks["difference_points"]["ci95"])
+
+
+def test_f7_numbers_are_the_sweep_over_seeds(made):
+    """F7's rows: per optimizer, T and kind, the mean over seeds of each seed's mean over its subsets (from the merge
+    files), with the 95% t-interval by hand; T = 3 of 3 tasks is the all-task merge."""
+    results = made["results"]
+    data = load(results / "vision" / "f7_merge_sweep.json")["data"]
+    assert {(r["optimizer"], r["T"], r["task_vectors"]) for r in data["rows"]} == {
+        (o, t, k) for o in ("gd", "sgd", "adamw") for t in (2, 3) for k in ("one_epoch", "converged")}
+    for r in data["rows"]:
+        merges = [_merge_file(results, r["optimizer"], s) for s in SEEDS]
+        subsets = [m["sweep"]["by_size"][str(r["T"])][r["task_vectors"]] for m in merges]
+        assert r["subsets"] == (2 if r["T"] == 2 else 1)
+        for key in ("mean_normalised_accuracy", "mean_accuracy"):
+            per_seed = [sum(x["alpha_val"][key] for x in sub) / len(sub) for sub in subsets]
+            assert (r[key], r[f"{key}_ci_low"], r[f"{key}_ci_high"]) == pytest.approx(_interval(per_seed), abs=1e-12)
+        if r["T"] == 3:
+            assert r["mean_accuracy"] == pytest.approx(
+                sum(m[r["task_vectors"]]["alpha_val"]["mean_accuracy"] for m in merges) / 2, rel=1e-12)
+    for d in data["differences"]:
+        assert d["verdict"] == verdict([d["ci_low"], d["ci_high"]], d["margin"])
 
 
 def test_missing_vision_runs_are_made_with_the_quick_configuration(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(vision_runs, "QUICK", dataclasses.replace(SYNTHETIC, optimizers=("gd",)))
     result = load_or_compute(f1_norm_dominance, "default", tmp_path / "results", progress=False)
     out = capsys.readouterr().out
-    assert "has no vision results: computing them with the quick configuration" in out
+    assert "has no vision results in seed folders: computing them with the quick configuration" in out
     assert result["configuration"] == "synthetic"
     assert tmp_path / "results" / result["data"]["source"]["folder"] == tmp_path / "results" / "vision-quick"
-    assert (tmp_path / "runs" / "vision-quick" / "mnist" / "gd").is_dir()
+    for seed in vision_runs.QUICK_SEEDS:                 # the seed layout, and the summary over seeds
+        assert (tmp_path / "runs" / "vision-quick" / f"seed{seed}" / "mnist" / "gd").is_dir()
+        assert (tmp_path / "results" / "vision-quick" / f"seed{seed}" / "merge_gd.json").exists()
+    assert (tmp_path / "results" / "vision-quick" / "e3_summary.json").exists()
     assert (tmp_path / "results" / "vision" / "f1_norm_dominance.json").exists()
     # a second figure reuses those runs instead of running the pipeline again
     load_or_compute(f2_direction_dominance, "default", tmp_path / "results", progress=False)
@@ -422,15 +493,14 @@ def builds(made):
 
 def test_every_figure_and_result_is_written(builds):
     names = set(builds["a"])
-    for stem in ("f1_norm_dominance", "f2_direction_dominance", "f3_merging", "f4_second_order",
-                 "f5_curvature_bound", "f6_floating_point"):
+    for stem in VISION + THEORY:
         assert {f"out/{stem}.pdf", f"out/{stem}.png"} <= names
     assert "out/numbers.md" in names
-    assert len([n for n in names if n.startswith("results/")]) == 6
+    assert len([n for n in names if n.startswith("results/")]) == len(VISION + THEORY)
 
 
 def test_a_second_run_gives_the_same_bytes_and_rewrites_nothing(builds):
-    """F1-F3 are re-derived and every figure redrawn on the second run: same bytes, files left untouched."""
+    """F1-F3 and F7 are re-derived and every figure redrawn on the second run: same bytes, files left untouched."""
     assert builds["again"].keys() == builds["a"].keys()
     assert [name for name in builds["a"] if builds["again"][name] != builds["a"][name]] == []
     for name, before in builds["stats"].items():

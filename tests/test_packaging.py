@@ -4,7 +4,7 @@ from pathlib import Path
 
 import tomllib
 
-from tvtheory.models.vit import DEFAULT_PRETRAINED
+from tvtheory.models.pretrained import DEFAULT_PRETRAINED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,4 +18,4 @@ def test_every_package_is_listed_in_pyproject():
 
 def test_shipped_weights_are_found_as_package_data():
     assert DEFAULT_PRETRAINED.is_file()
-    assert DEFAULT_PRETRAINED.name == "vit_cifar5.safetensors"
+    assert DEFAULT_PRETRAINED.name == "cnn_cifar5.safetensors"

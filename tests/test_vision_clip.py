@@ -136,9 +136,9 @@ def test_finetune_on_a_clip_encoder_and_a_folder_task(open_clip, checkpoint, tmp
     root = write_image_folder(tmp_path / "shapes")
     spec = f"open_clip:ViT-B-32:{checkpoint}"
     assert vision.main(["finetune", "--pretrained", spec, "--task-folder", f"shapes={root}", "--optimizers", "gd",
-                        "--epochs", "2", "--max-train", "16", "--lr-gd", "1e-3", "--no-progress",
+                        "--gd-steps", "2", "--seeds", "0", "--max-train", "16", "--lr-gd", "1e-3", "--no-progress",
                         "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")]) == 0
-    r = json.loads((tmp_path / "results" / "shapes" / "gd.json").read_text())
+    r = json.loads((tmp_path / "results" / "seed0" / "shapes" / "gd.json").read_text())
     assert r["config"]["pretrained"] == spec and r["data"]["num_train"] == 16 and r["t1_check"]["holds"]
     assert r["analysis"]["expansion"]["second_order_computed"]
     assert r["num_params_encoder"] == sum(p.numel() for p in FakeVisual().parameters())

@@ -9,15 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
 
-from tvtheory.models.vit import (
-    CONFIG_METADATA_KEY,
-    ViT,
-    ViTConfig,
-    count_parameters,
-    load_pretrained,
-    patchify,
-    save_encoder,
-)
+from tvtheory.models.pretrained import load_pretrained, save_encoder
+from tvtheory.models.vit import CONFIG_METADATA_KEY, ViT, ViTConfig, count_parameters, patchify
 
 TINY = ViTConfig(image_size=8, patch_size=4, dim=8, depth=2, heads=2, mlp_dim=16, num_classes=3)
 

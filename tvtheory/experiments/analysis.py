@@ -10,7 +10,13 @@ sum_c (n_c/n_b) L_c over chunks c (and over ranks), so
 each term by ``tvtheory.curvature`` on a chunk ``Objective``, summed, then all-reduced.
 
 The second-order term (T2(a), T3) is ``tvtheory.expansion.second_order_terms`` with these chunked HVPs: for
-the epoch-periodic schedule of ``finetune`` it takes at most 2B - 1 batch HVPs for all K epochs.
+the epoch-periodic schedule of ``finetune`` it takes at most 2B - 1 batch HVPs for all K epochs, so its cost
+does not grow with K (the B batch gradients at theta_0 and the HVPs dominate; what grows with K is O(K P)
+vector arithmetic and the K task vectors held in memory).
+
+E2's reference direction is the run's converged task vector tau^(conv) (``direction_stats``' ``reference``):
+the best-validation epoch of early-stopped sgd / adamw, the last step of gd; E1, E2 and the expansion cover
+every epoch 1..K the run recorded, including those after the converged epoch.
 """
 
 from __future__ import annotations
@@ -66,18 +72,30 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else math.nan
 
 
-def direction_stats(taus: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], layout: ParamLayout) -> dict:
-    """E2: how much of the final task vector tau^(K) each epoch already points along, globally and per layer.
+def direction_stats(taus: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], layout: ParamLayout,
+                    reference: int | None = None) -> dict:
+    """E2: how much of the converged task vector tau^(conv) each epoch already points along, globally and per layer.
 
     ``taus[k-1]`` = tau^(k); ``grads[k-1]`` = grad L(theta_{k-1}), the full-batch gradient at the start of
-    epoch k. Per epoch k: cos(tau^(k), tau^(K)), cos(update_k, tau^(K)) with update_k = tau^(k) - tau^(k-1),
-    and cos(-grad L(theta_{k-1}), tau^(K)); cos(-g, tau^(K)) with g = grad L(theta_0) is the k = 1 entry
-    of the last. For full-batch GD, update_k = -eta grad L(theta_{k-1}) (T1), so the last two lists agree.
+    epoch k, k = 1..K. tau^(conv) = tau^(``reference``), the run's converged epoch (1-based; default K, the
+    last): the best-validation epoch k* of early-stopped sgd / adamw, the last step of budget-limited gd.
+    The keys keep the name "tauK" for tau^(conv) (a run with k* = K is the old tau^(K)); ``reference_epoch``
+    says which epoch it is, and ``cos_tau1_tauconv`` = ``cos_tau1_tauK`` names it explicitly.
+    Per epoch k = 1..K (all epochs, also those after k*): cos(tau^(k), tau^(conv)), cos(update_k, tau^(conv))
+    with update_k = tau^(k) - tau^(k-1), and cos(-grad L(theta_{k-1}), tau^(conv)); cos(-g, tau^(conv)) with
+    g = grad L(theta_0) is the k = 1 entry of the last. For full-batch GD, update_k = -eta grad L(theta_{k-1})
+    (T1), so the last two lists agree.
     """
-    tau_k = taus[-1]
+    ref = len(taus) if reference is None else reference
+    if not 1 <= ref <= len(taus):
+        raise ValueError(f"the reference epoch {ref} is not one of the epochs 1..{len(taus)}")
+    tau_k = taus[ref - 1]
     updates = [taus[0]] + [taus[i] - taus[i - 1] for i in range(1, len(taus))]
+    cos_1 = cosine(taus[0], tau_k)
     return {
-        "cos_tau1_tauK": cosine(taus[0], tau_k),
+        "reference_epoch": ref,
+        "cos_tau1_tauconv": cos_1,
+        "cos_tau1_tauK": cos_1,
         "cos_neg_g_tauK": cosine(-grads[0], tau_k),
         "cos_tau_k_tauK": [cosine(t, tau_k) for t in taus],
         "cos_update_k_tauK": [cosine(u, tau_k) for u in updates],

@@ -6,11 +6,11 @@ of the command line. Construction validates everything that can be checked witho
 names, learning rates, the ``--task-folder`` folders, the quick preset) and raises ``VisionError`` with a
 message naming the field, its flag and the fix, so a bad setting is refused before any data is read.
 
-``VisionConfig.quick_preset(**fields)`` is the ``--quick`` configuration (``QUICK``: 3 epochs on 256
-training images; ``make vision-quick``); a config with ``quick=True`` must keep the preset's values, so that
-a result labelled "quick" (the figures' ``configuration``) is the preset. ``unused_settings()`` lists the
-settings that differ from their default yet do nothing with the chosen optimizers (e.g. a weight decay
-without AdamW); the command line prints them as warnings.
+``VisionConfig.quick_preset(**fields)`` is the ``--quick`` configuration (``QUICK``: at most 4 epochs,
+patience 2, 4 GD steps, on 256 training images; ``make vision-quick``); a config with ``quick=True`` must keep
+the preset's values, so that a result labelled "quick" (the figures' ``configuration``) is the preset.
+``unused_settings()`` lists the settings that differ from their default yet do nothing with the chosen
+optimizers (e.g. a weight decay without AdamW); the command line prints them as warnings.
 """
 
 from __future__ import annotations
@@ -33,9 +33,16 @@ from .step_size import LR_SCALE
 #: small (0.1, the smallest of 0.1..1.0, in a first run).
 DEFAULT_ALPHA_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 
+#: The merge sizes T of E3's sweep across T (subsets of T tasks; a size above the number of tasks is skipped).
+DEFAULT_MERGE_SIZES = (2, 3, 5, 7)
+
+#: The frozen heads a task can get at theta_0 (``tvtheory.experiments.probe``): class-mean prototypes or a ridge probe.
+HEADS = ("prototype", "probe")
+
 #: The ``--quick`` preset: the fields it sets and their values.
 QUICK: Mapping[str, int] = MappingProxyType(
-    {"epochs": 3, "max_train": 256, "max_val": 128, "max_test": 256, "batch_size": 64, "sharpness_subset": 64})
+    {"max_epochs": 4, "patience": 2, "gd_steps": 4, "max_train": 256, "max_val": 128, "max_test": 256,
+     "batch_size": 64, "sharpness_subset": 64})
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -74,9 +81,13 @@ class VisionConfig:
     tasks: tuple[str, ...] = ()
     task_folder: tuple[tuple[str, str], ...] = ()
     optimizers: tuple[str, ...] = FINETUNE_OPTIMIZERS
-    # the finetuning: K epochs; gd / sgd learning rates a number or "auto" (LR_SCALE / lambda_hat); AdamW's
-    # learning rate and weight decay; images per sgd / adamw step; images of the curvature estimate
-    epochs: int = 5
+    # the finetuning: sgd / adamw early-stop on the validation accuracy (``patience`` epochs without a strictly
+    # better one, at most ``max_epochs``; tau^(conv) is the best-validation epoch); gd takes ``gd_steps``
+    # full-batch steps (tau^(conv) the last); gd / sgd learning rates a number or "auto" (LR_SCALE / lambda_hat);
+    # AdamW's learning rate and weight decay; images per sgd / adamw step; images of the curvature estimate
+    max_epochs: int = 30
+    patience: int = 3
+    gd_steps: int = 30
     lr_gd: float | str = "auto"
     lr_sgd: float | str = "auto"
     lr_adamw: float = 1e-4
@@ -92,12 +103,20 @@ class VisionConfig:
     seed: int = 0
     # the merge's coefficients; the analysis; numerics (examples per forward pass, floating-point type, threads)
     alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
+    # E3 across T: the merge sizes T and the subsets per size (merging.sweep); the margin (accuracy points) of the
+    # equivalence verdict over seeds (summary)
+    merge_sizes: tuple[int, ...] = DEFAULT_MERGE_SIZES
+    merge_subsets: int = 5
+    equivalence_margin: float = 2.0
     second_order: bool = True
     chunk_size: int = 256
     dtype: str = "float32"
     threads: int = 0
-    # the encoder (None: the shipped ViT), the random smoke-test setup, the quick preset's label, progress output
+    # the encoder (None: the shipped CNN) and the frozen heads (``HEADS``: "prototype" class means, the analogue of
+    # CLIP's zero-shot head, or "probe", a ridge linear probe); the random smoke-test setup, the quick preset's
+    # label, progress output
     pretrained: str | None = None
+    head: str = "prototype"
     synthetic: bool = False
     quick: bool = False
     progress: bool = True
@@ -132,6 +151,10 @@ class VisionConfig:
         if not isinstance(self.alpha_grid, Iterable):
             raise VisionError(f"alpha_grid ({flag('alpha_grid')}) must be a list of numbers, got {self.alpha_grid!r}")
         put("alpha_grid", tuple(self.alpha_grid))
+        if not isinstance(self.merge_sizes, Iterable):
+            raise VisionError(f"merge_sizes ({flag('merge_sizes')}) must be a list of integers, "
+                              f"got {self.merge_sizes!r}")
+        put("merge_sizes", tuple(self.merge_sizes))
         for name in ("results", "artifacts", "data_root", "pretrained"):
             value = getattr(self, name)
             if isinstance(value, Path):
@@ -169,6 +192,9 @@ class VisionConfig:
             if not isinstance(getattr(self, name), bool):
                 raise VisionError(f"{name} must be True or False, got {getattr(self, name)!r}")
         self._validate_model()
+        if self.head not in HEADS:
+            raise VisionError(f"head ({flag('head')}) is {self.head!r}: use one of {', '.join(HEADS)}")
+        self._validate_merge()
         if self.quick:
             changed = {k: getattr(self, k) for k, v in QUICK.items() if getattr(self, k) != v}
             if changed:
@@ -204,7 +230,9 @@ class VisionConfig:
             if not _is_int(value) or value < low:
                 raise VisionError(f"{name} ({flag(name)}) is {value!r}: must be an integer >= {low} ({why})")
 
-        need("epochs", 1, "K, the number of epochs of the converged task vector tau^(K)")
+        need("max_epochs", 1, "the cap on the epochs of sgd and adamw")
+        need("patience", 1, "epochs without a better validation accuracy before sgd and adamw stop")
+        need("gd_steps", 1, "the full-batch steps of gd")
         need("batch_size", 1, "images per sgd / adamw step")
         need("chunk_size", 1, "images per forward pass")
         need("sharpness_subset", 1, "training images of the curvature estimate")
@@ -219,6 +247,19 @@ class VisionConfig:
             raise VisionError(f"max_train ({flag('max_train')}) is 1: one training image is fitted exactly by the "
                               "probe head, which leaves nothing to finetune (zero gradient, flat curvature); use "
                               "at least 2 (images of 2 classes) or 0 for all")
+
+    def _validate_merge(self) -> None:
+        sizes = self.merge_sizes
+        if not sizes or not all(_is_int(t) and t >= 2 for t in sizes) or len(set(sizes)) != len(sizes):
+            raise VisionError(f"merge_sizes ({flag('merge_sizes')}) is {list(sizes)}: give distinct merge sizes, each "
+                              "an integer >= 2 (tasks merged together), e.g. 2,3,5,7")
+        if not _is_int(self.merge_subsets) or self.merge_subsets < 1:
+            raise VisionError(f"merge_subsets ({flag('merge_subsets')}) is {self.merge_subsets!r}: must be an integer "
+                              ">= 1 (subsets of each merge size)")
+        m = self.equivalence_margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and m > 0):
+            raise VisionError(f"equivalence_margin ({flag('equivalence_margin')}) is {m!r}: must be a positive "
+                              "finite number of accuracy points")
 
     def _validate_model(self) -> None:
         from ..vision.clip import OPEN_CLIP_PREFIX, parse_open_clip_spec
@@ -256,6 +297,17 @@ class VisionConfig:
             if name in changed and needs not in opts:
                 out.append(f"{flag(name)} {getattr(self, name)} applies to {needs} only and {listed} has no "
                            f"{needs}: it does nothing")
+        if "gd_steps" in changed and "gd" not in opts:
+            out.append(f"{flag('gd_steps')} {self.gd_steps} applies to gd only and {listed} has no gd: it does "
+                       "nothing")
+        for name in ("patience", "max_epochs"):
+            if name in changed and opts == {"gd"}:
+                out.append(f"{flag(name)} {getattr(self, name)} applies to sgd and adamw (gd takes "
+                           f"{flag('gd_steps')} steps): it does nothing")
+        if self.patience + 1 >= self.max_epochs and opts - {"gd"} and {"patience", "max_epochs"} & changed:
+            out.append(f"{flag('patience')} {self.patience} with {flag('max_epochs')} {self.max_epochs}: the "
+                       f"patience rule stops a run after epoch {self.patience + 1} at the earliest, so sgd and adamw "
+                       "always run to the cap: it does nothing")
         if "batch_size" in changed and opts == {"gd"}:
             out.append(f"{flag('batch_size')} {self.batch_size} applies to sgd and adamw; gd takes the full batch: "
                        "it does nothing")
@@ -273,7 +325,7 @@ class VisionConfig:
     def to_dict(self) -> dict:
         """JSON form: every field (tuples as lists, ``task_folder`` as {name: path})."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("tasks", "optimizers", "alpha_grid"):
+        for name in ("tasks", "optimizers", "alpha_grid", "merge_sizes"):
             out[name] = list(out[name])
         out["task_folder"] = self.folders
         return out

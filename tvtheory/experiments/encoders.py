@@ -2,11 +2,12 @@
 
 ``load_encoder(config)`` reads it as ``config`` says: a seeded random tiny ViT with ``synthetic`` (smoke
 tests: ``SYNTHETIC_ENCODER``), the image tower of a CLIP checkpoint with ``pretrained =
-"open_clip:<model>:<path>"``, else a ViT written by ``tvtheory.models.vit.save_encoder`` (default: the shipped
-``vit_cifar5``). The ``Encoder`` it returns holds the pretrained module (never modified: ``copy`` hands out
-fresh copies on a device, ``classifier`` puts a frozen head on one) and ``prepare``, the map from uint8 images
-to the encoder's input: ``(x / 255 - mean) / std`` per channel in ``config.dtype``, with the encoder's own
-statistics where its config has them (CLIP's) and CIFAR-10's otherwise (the small ViT was pretrained on them).
+"open_clip:<model>:<path>"``, else a CNN or ViT encoder file written by ``tvtheory.models.pretrained.save_encoder``
+(default: the shipped ``cnn_cifar5``). The ``Encoder`` it returns holds the pretrained module (never modified:
+``copy`` hands out fresh copies on a device, ``classifier`` puts a frozen head on one) and ``prepare``, the map
+from uint8 images to the encoder's input: ``(x / 255 - mean) / std`` per channel in ``config.dtype``, with the
+encoder's own statistics where its config has them (CLIP's) and CIFAR-10's otherwise (the small encoders were
+pretrained on them).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def load_encoder(config: VisionConfig) -> Encoder:
     """The encoder ``config`` names (module docstring); FileNotFoundError when its weights are missing,
     ModuleNotFoundError when open_clip is, VisionError when the file is not an encoder.
     """
-    from ..models.vit import DEFAULT_PRETRAINED, load_pretrained
+    from ..models.pretrained import DEFAULT_PRETRAINED, load_pretrained
     from ..vision.clip import OPEN_CLIP_PREFIX, load_open_clip, parse_open_clip_spec
     from ..vision.datasets import MEAN, STD, normalize
 
@@ -81,7 +82,7 @@ def load_encoder(config: VisionConfig) -> Encoder:
             model, cfg = load_pretrained(path)
         except (ValueError, SafetensorError) as e:
             raise VisionError(f"--pretrained {path}: {e}; pass a file written by "
-                              "tvtheory.models.vit.save_encoder or open_clip:<model>:<checkpoint>") from e
+                              "tvtheory.models.pretrained.save_encoder or open_clip:<model>:<checkpoint>") from e
         source = str(path)
     dtype = dtype_of(config.dtype)
     prepare = functools.partial(normalize, dtype=dtype, mean=getattr(cfg, "mean", MEAN), std=getattr(cfg, "std", STD))

@@ -4,9 +4,9 @@
 gpu-check``) runs on CUDA when present, else on the CPU (the device used is recorded):
 
 (a) the encoder: ``encoder = "vit_b"`` builds a seeded ViT-B-sized tvtheory ViT (``VIT_B_32``: dim 768, depth
-    12, 12 heads, MLP 3072: 85.1M parameters), ``"shipped"`` loads the shipped small ``vit_cifar5``, any other
-    value is a file written by ``tvtheory.models.vit.save_encoder``. Why 32 x 32 images in 4 x 4 patches and not
-    ViT-B/16's 224 x 224 in 16 x 16: the tasks' images are 28-64 px and the pipeline reads them at 32 px;
+    12, 12 heads, MLP 3072: 85.1M parameters), ``"shipped"`` loads the shipped small ``cnn_cifar5``, any other
+    value is a file written by ``tvtheory.models.pretrained.save_encoder``. Why 32 x 32 images in 4 x 4 patches
+    and not ViT-B/16's 224 x 224 in 16 x 16: the tasks' images are 28-64 px and the pipeline reads them at 32 px;
     upsampling to 224 would invent pixels and triple the tokens (197 against 65) while the parameter count,
     which is what the T1 / HVP checks scale with, stays within 1 % (ViT-B/16: 85.8M; the difference is the
     patch embedding and the position table);

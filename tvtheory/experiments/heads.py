@@ -1,8 +1,9 @@
-"""What a task fixes at the pretrained point theta_0: its frozen probe head and its curvature estimate.
+"""What a task fixes at the pretrained point theta_0: its frozen head (``config.head``) and its curvature estimate.
 
 Both are computed once per task and kept under ``<artifacts>/<task>/`` (``head.safetensors`` + ``head.json``,
 ``sharpness.json``), so every optimizer's run and the merge use the same head; a later call reads them.
-A head fitted on another training set (other caps, another seed) is refused with a VisionError.
+A head of another kind or fitted on another training set (other caps, another seed) is refused with a
+VisionError.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .config import VisionConfig
 from .dist import DistContext, shard
 from .encoders import Encoder
 from .errors import VisionError
-from .probe import FrozenHeadClassifier, features, fit_probe, split_accuracy
+from .probe import FrozenHeadClassifier, features, fit_probe, fit_prototypes, split_accuracy
 from .step_size import sharpness
 from .storage import load_tensors, save_tensors
 from .tasks import TaskData
@@ -29,8 +30,9 @@ SHARPNESS_ITERATIONS = 10
 
 @dataclass(frozen=True)
 class Head:
-    """A task's frozen probe head (weight (C, dim), bias (C,)) and its fit's record (``probe.fit_probe``'s info
-    plus ``pretrained_accuracy`` on the validation and test splits).
+    """A task's frozen head (weight (C, dim), bias (C,)) and its fit's record: the info of
+    ``probe.fit_prototypes`` or ``probe.fit_probe``, its kind ``head`` (``config.head``) and
+    ``pretrained_accuracy`` on the validation and test splits.
     """
 
     weight: torch.Tensor
@@ -58,7 +60,9 @@ def task_head(task: str, data: TaskData, config: VisionConfig, encoder: Encoder,
         x, y = data.train
         mine = shard(torch.arange(x.shape[0]), ctx)
         z = features(enc, x[mine], config.chunk_size, encoder.prepare)
-        w, b, info = fit_probe(z, y[mine], data.num_classes, ctx)
+        fit = fit_prototypes if config.head == "prototype" else fit_probe
+        w, b, info = fit(z, y[mine], data.num_classes, ctx)
+        info["head"] = config.head
         info["pretrained_accuracy"] = accuracies(FrozenHeadClassifier(enc, w, b), data, config, encoder, ctx)
         if ctx.is_main:
             write_json_atomic(meta, info)           # before the head: a head file implies its record
@@ -67,10 +71,13 @@ def task_head(task: str, data: TaskData, config: VisionConfig, encoder: Encoder,
     t = load_tensors(path)
     info = json.loads(meta.read_text())
     n = int(data.train[0].shape[0])
+    if info.get("head") != config.head:
+        raise VisionError(f"{path} is a {info.get('head', 'probe')} head and this run asks for --head {config.head}: "
+                          f"use other --results and --artifacts folders, or delete {folder}")
     if info["num_examples"] != n or t["weight"].shape[0] != data.num_classes:
         raise VisionError(f"{path} was fitted on {info['num_examples']} training images of {t['weight'].shape[0]} "
                           f"classes, this run has {n} of {data.num_classes} (another --max-train / --quick / "
-                          f"--seed?): use other --results and --artifacts folders, or delete {folder}")
+                          f"--seeds?): use other --results and --artifacts folders, or delete {folder}")
     return Head(t["weight"], t["bias"], info)
 
 

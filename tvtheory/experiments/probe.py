@@ -1,15 +1,21 @@
-"""The frozen classification head of a task: a linear probe fitted once at the pretrained point.
+"""The frozen classification head of a task, built once at the pretrained point: prototypes or a linear probe.
 
-Only the encoder is finetuned and merged; every task keeps the head fitted on *pretrained* features, so
+Only the encoder is finetuned and merged; every task keeps the head built on *pretrained* features, so
 the loss of task t is a function of the encoder parameters alone and task vectors of different tasks
-live in one space. The probe is deterministic and closed-form:
+live in one space. Both heads are deterministic and closed-form, from all-reduced sums (so they do not depend
+on the sharding), with mu the mean training feature:
 
-1. ridge least squares on one-hot targets: [W b] = argmin ||Z W^T + b - Y||^2 + lam ||W||_F^2 (float64,
-   features Z of the training images at theta_0, lam = ridge * trace(Z_c^T Z_c) / d), from the sums
-   Z^T Z, Z^T Y, sum Z, sum Y, which are all-reduced across ranks, so the probe does not depend on the
-   sharding;
-2. one temperature s > 0 multiplying (W, b), the minimiser of the training cross-entropy over a fixed
-   log-spaced grid (least-squares logits are on a 0-1 scale; CE needs sharper ones).
+- ``fit_prototypes`` (the default, ``--head prototype``): the analogue of CLIP's zero-shot head, one unit
+  vector per class and nothing fitted but a scale. w_c = m_c / ||m_c|| with m_c the mean of z - mu over the
+  training images of class c; logits = s <z - mu, w_c> / r with r the mean ||z - mu||, i.e. a nearest-
+  prototype classifier by cosine-like similarity (a linear head: W = s w / r, b = -W mu).
+- ``fit_probe`` (``--head probe``): ridge least squares on one-hot targets: [W b] = argmin ||Z W^T + b -
+  Y||^2 + lam ||W||_F^2 (float64, features Z of the training images at theta_0, lam = ridge *
+  trace(Z_c^T Z_c) / d), from the sums Z^T Z, Z^T Y, sum Z, sum Y. The best linear read-out of the pretrained
+  features: it leaves finetuning less to gain.
+
+Both end with one temperature s > 0 multiplying (W, b), the minimiser of the training cross-entropy over a
+fixed log-spaced grid (``TEMPERATURE_GRID``).
 """
 
 from __future__ import annotations
@@ -89,12 +95,52 @@ def fit_probe(z: torch.Tensor, y: torch.Tensor, num_classes: int, ctx: DistConte
     lam = ridge * float(torch.trace(czz)) / d + 1e-12
     w = torch.linalg.solve(czz + lam * torch.eye(d, dtype=torch.float64, device=z.device), czy).T  # (C, d)
     b = my - w @ mz
-    losses = torch.stack([cross_entropy_terms(s * (z64 @ w.T + b), y.to(z.device)).sum() for s in TEMPERATURE_GRID])
+    info = {"method": "ridge least squares on one-hot targets + CE temperature grid", "ridge": ridge,
+            "ridge_lambda": lam}
+    return _with_temperature(z64, y, w, b, n, info, ctx)
+
+
+def fit_prototypes(z: torch.Tensor, y: torch.Tensor, num_classes: int,
+                   ctx: DistContext | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Class-mean prototype head + CE temperature on features z (this rank's shard), labels y (module docstring);
+    returns (W, b, info). A class without training images gets w_c = 0 (logit 0 before the bias).
+    """
+    ctx = ctx or DistContext()
+    z64 = z.detach().double()
+    d = z64.shape[1]
+    first = torch.cat([z64.sum(0), torch.tensor([float(z64.shape[0])], dtype=torch.float64, device=z.device)])
+    ctx.all_reduce_sum_(first)
+    n = float(first[-1])
+    if n < 1:
+        raise ValueError("the prototype head needs at least one training example")
+    mu = first[:d] / n
+    zc = z64 - mu
+    onehot = torch.nn.functional.one_hot(y.to(z.device), num_classes).double()
+    radii = torch.linalg.vector_norm(zc, dim=1).sum().reshape(1)
+    second = torch.cat([(onehot.T @ zc).reshape(-1), onehot.sum(0), radii])
+    ctx.all_reduce_sum_(second)
+    sums, counts, radius_sum = second[:num_classes * d].view(num_classes, d), second[num_classes * d:-1], second[-1]
+    means = sums / counts.clamp(min=1.0)[:, None]
+    norms = torch.linalg.vector_norm(means, dim=1, keepdim=True)
+    protos = torch.where(norms > 0, means / norms.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
+    radius = float(radius_sum) / n
+    if not radius > 0:
+        raise ValueError("all training features are equal: a prototype head cannot separate any class")
+    w = protos / radius
+    b = -(w @ mu)
+    info = {"method": "class-mean prototypes (centred, unit norm, / mean feature radius) + CE temperature grid",
+            "feature_radius": radius, "classes_without_examples": int((counts == 0).sum())}
+    return _with_temperature(z64, y, w, b, n, info, ctx)
+
+
+def _with_temperature(z64: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n: float, info: dict,
+                      ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(s W, s b, info) with s the grid temperature of least training CE (all-reduced over ranks)."""
+    losses = torch.stack([cross_entropy_terms(s * (z64 @ w.T + b), y.to(z64.device)).sum() for s in TEMPERATURE_GRID])
     ctx.all_reduce_sum_(losses)
     best = int(torch.argmin(losses))
     s = TEMPERATURE_GRID[best]
-    info = {"method": "ridge least squares on one-hot targets + CE temperature grid", "ridge": ridge,
-            "ridge_lambda": lam, "temperature": s, "train_ce": float(losses[best]) / n, "num_examples": int(n),
+    info = {**info, "temperature": s, "train_ce": float(losses[best]) / n, "num_examples": int(n),
             "temperature_grid": [TEMPERATURE_GRID[0], TEMPERATURE_GRID[-1], len(TEMPERATURE_GRID)]}
     return (s * w).float(), (s * b).float(), info
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from .analysis import T4_NOTE
 from .config import VisionConfig
 from .merging import merge_table
+from .summary import SUMMARY_FILE, seed_folders, summary_table
 
 
-def report(results: str | Path) -> str:
-    """One line per finished run under ``results`` (E1, E2, the expansion error, accuracies), then the merges."""
-    results = Path(results)
+def _run_rows(folder: Path) -> list[str]:
+    """One line per finished run ``<folder>/<task>/<optimizer>.json``."""
     rows = []
-    for path in sorted(results.glob("*/*.json")):
+    for path in sorted(folder.glob("*/*.json")):
         if path.name == "head.json":
             continue
         r = json.loads(path.read_text())
@@ -28,8 +28,26 @@ def report(results: str | Path) -> str:
                     f"  ||E_K||/||1st||={ex[-1]['relative_error']:.3g}"
                     f"  acc pre/1ep/ft={acc['pretrained']['test']:.3f}/{acc['one_epoch']['test']:.3f}/"
                     f"{acc['finetuned']['test']:.3f}")
-    lines = rows or [f"no finished runs under {results}"]
-    lines += [merge_table(json.loads(p.read_text())) for p in sorted(results.glob("merge_*.json"))]
+    return rows
+
+
+def report(results: str | Path) -> str:
+    """The tables of ``results``: per seed folder ``seed<s>/`` (or, without seed folders, of ``results`` itself,
+    e.g. one seed's folder) one line per finished run (E1, E2, the expansion error, accuracies) and the merges;
+    then the summary over seeds (``<results>/e3_summary.json``) when it exists.
+    """
+    results = Path(results)
+    folders: dict[int | None, Path] = dict(seed_folders(results).items()) or {None: results}
+    lines = []
+    for seed, folder in folders.items():
+        if seed is not None:
+            lines.append(f"seed {seed} ({folder}):")
+        rows = _run_rows(folder)
+        lines += rows or [f"no finished runs under {folder}"]
+        lines += [merge_table(json.loads(p.read_text())) for p in sorted(folder.glob("merge_*.json"))]
+    summary = results / SUMMARY_FILE
+    if summary.exists():
+        lines.append(summary_table(json.loads(summary.read_text())))
     return "\n".join([*lines, T4_NOTE])
 
 
@@ -37,7 +55,8 @@ def pretrain_info(config: VisionConfig) -> dict:
     """{"encoder": config, size (and provenance) or {"error": ...}, "tasks": {name: dataset, splits, classes,
     what it stands in for} or {"error": ...}}: a missing encoder or dataset is reported, not raised.
     """
-    from ..models.vit import DEFAULT_PRETRAINED, count_parameters
+    from ..models.pretrained import DEFAULT_PRETRAINED
+    from ..models.vit import count_parameters
     from ..vision.datasets import PAPER_BENCHMARK_STANDINS, TASKS, dataset_info
     from .encoders import load_encoder
 

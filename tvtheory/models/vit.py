@@ -22,17 +22,13 @@ It was chosen by measured CPU throughput; see ``small_models/README.md`` for the
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields, replace
-from importlib import resources
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..activations import Activation, get_activation
-from ..io import atomic_path
 from .seeding import seeded
 
 __all__ = [
@@ -40,17 +36,9 @@ __all__ = [
     "ViT",
     "ViTClassifier",
     "make_vit",
-    "encoder_state_dict",
-    "save_encoder",
-    "load_pretrained",
     "count_parameters",
-    "DEFAULT_PRETRAINED",
     "CONFIG_METADATA_KEY",
 ]
-
-#: The shipped pretrained encoder (written by ``small_models/pretrain_vit.py``), installed as package data of
-#: ``tvtheory.small_models`` (the repository's ``small_models/`` folder), so a plain ``pip install .`` finds it.
-DEFAULT_PRETRAINED = Path(str(resources.files("tvtheory.small_models").joinpath("vit_cifar5.safetensors")))
 
 #: Key of the JSON-encoded :class:`ViTConfig` in the safetensors metadata.
 CONFIG_METADATA_KEY = "vit_config"
@@ -260,62 +248,6 @@ class ViTClassifier(nn.Module):
 def make_vit(config: ViTConfig, seed: int = 0, dtype=torch.float64) -> ViTClassifier:
     """A ViT classifier with the ViT's timm-style initialisation drawn from ``seed`` (same seed, same weights)."""
     return seeded(lambda: ViTClassifier(config), seed).to(dtype)
-
-
-def encoder_state_dict(model: ViT) -> dict[str, torch.Tensor]:
-    """The model's parameters without the head (``head.*``), detached, contiguous float32 copies."""
-    return {
-        k: v.detach().to(torch.float32).contiguous().clone()
-        for k, v in model.state_dict().items()
-        if not k.startswith("head.")
-    }
-
-
-def save_encoder(model: ViT, path: str | Path) -> Path:
-    """Write the encoder weights (float32, no head) to a safetensors file, atomically.
-
-    The :class:`ViTConfig` (with ``num_classes = 0``) is stored as JSON under the metadata key
-    :data:`CONFIG_METADATA_KEY`, the only metadata key: safetensors writes several keys in a
-    random order, and one key keeps the file byte-identical for identical weights. Provenance
-    (seed, accuracy, ...) belongs in a JSON file beside the weights.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    meta = {CONFIG_METADATA_KEY: json.dumps(replace(model.config, num_classes=0).to_dict(), sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file(encoder_state_dict(model), str(tmp), metadata=meta)
-    return path
-
-
-def load_pretrained(path: str | Path | None = None) -> tuple[ViT, ViTConfig]:
-    """Load an encoder written by :func:`save_encoder` (default: the shipped ``vit_cifar5``).
-
-    Returns ``(encoder, config)``: a float32 :class:`ViT` without head (``config.num_classes == 0``)
-    in eval mode. To finetune on a C-class task, build ``ViT(dataclasses.replace(config,
-    num_classes=C))`` and ``load_state_dict(encoder.state_dict(), strict=False)``.
-    """
-    from safetensors import safe_open
-
-    path = Path(path) if path is not None else DEFAULT_PRETRAINED
-    if not path.is_file():
-        hint = (
-            "run `python small_models/pretrain_vit.py` to create it"
-            if path == DEFAULT_PRETRAINED
-            else "check the path"
-        )
-        raise FileNotFoundError(f"pretrained ViT weights not found at {path}: {hint}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if CONFIG_METADATA_KEY not in meta:
-            raise ValueError(
-                f"{path} has no '{CONFIG_METADATA_KEY}' metadata: not a file written by save_encoder"
-            )
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    config = replace(ViTConfig.from_dict(json.loads(meta[CONFIG_METADATA_KEY])), num_classes=0)
-    model = ViT(config)
-    model.load_state_dict(state, strict=True)
-    return model.eval(), config
 
 
 def count_parameters(model: nn.Module) -> int:
