@@ -178,11 +178,8 @@ def draw(result: dict):
     handles, labels = axes[0][0].get_legend_handles_labels()
     h2, l2 = axes[2][0].get_legend_handles_labels()
     fig.legend(handles + h2, labels + l2, loc="outside lower center", ncol=3, frameon=False, fontsize=10)
-    src = data["source"]
-    n = len(src["seeds"])
-    spread = "mean and 95% t-interval over" if n > 1 else "one seed, no interval:"
-    fig.suptitle(f"Task arithmetic of all tasks, $\\alpha$ chosen on validation ({src['configuration']} runs, "
-                 f"{spread} {n} seed{'s' if n > 1 else ''})")
+    fig.suptitle(f"Task arithmetic of all tasks, $\\alpha$ chosen on validation "
+                 f"({vision_runs.seed_spread(data['source'])})")
     return fig
 
 

@@ -100,11 +100,8 @@ def draw(result: dict):
                 ax.set_ylabel(ylabel)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
-    src = data["source"]
-    n = len(src["seeds"])
-    spread = "mean and 95% t-interval over" if n > 1 else "one seed, no interval:"
     fig.suptitle(f"Task arithmetic of subsets of $T$ tasks, $\\alpha$ chosen on their validation splits\n"
-                 f"({src['configuration']} runs, {spread} {n} seed{'s' if n > 1 else ''})")
+                 f"({vision_runs.seed_spread(data['source'])})")
     return fig
 
 

@@ -138,6 +138,13 @@ def load(folder: str | Path) -> dict:
     return {"runs": first["runs"], "merges": first["merges"], "seeds": seeds, "summary": summary, "source": source}
 
 
+def seed_spread(source: dict) -> str:
+    """How a figure over seeds aggregates, for its title: "quick runs, mean and 95% t-interval over 2 seeds"."""
+    n = len(source["seeds"])
+    spread = f"mean and 95% t-interval over {n} seeds" if n > 1 else "one seed, no interval"
+    return f"{source['configuration']} runs, {spread}"
+
+
 def tasks_of(runs: dict, optimizer: str | None = None) -> list[str]:
     """The tasks with a run (of ``optimizer``, if given), ordered."""
     return ordered_tasks({t for t, o in runs if optimizer is None or o == optimizer})

@@ -82,7 +82,7 @@ class CNNConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown CNNConfig keys {sorted(unknown)}; known keys: {sorted(known)}")
-        return cls(**{**d, "widths": tuple(d.get("widths", cls.widths))})
+        return cls(**d)                             # __post_init__ makes widths a tuple
 
 
 def _conv_norm(c_in: int, c_out: int, config: CNNConfig, stride: int = 1) -> nn.Sequential:
