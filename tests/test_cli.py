@@ -239,8 +239,10 @@ def test_keyboard_interrupt_prints_interrupted_and_exits_130(monkeypatch, capsys
 
 def test_sigint_during_a_run_in_a_subprocess_exits_130_without_a_traceback():
     """A real Ctrl-C: SIGINT once the progress bar shows (the run has started), then "interrupted", status 130."""
+    # the child starts with SIGINT at its default disposition: a parent that ignores SIGINT (a background job of a
+    # non-interactive shell) would pass SIG_IGN on, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-m", "tvtheory.bound", "--epochs", "50"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen, deadline = b"", time.monotonic() + 120
         while b"tvtheory.bound" not in seen and time.monotonic() < deadline:

@@ -2,9 +2,8 @@
 against. The mathematics of the bounds is in :mod:`tvtheory.bounds`.
 """
 
-import sys
-
 from .cli import main
+from .io import exit_process
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

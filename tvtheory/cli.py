@@ -35,7 +35,7 @@ from .certificate import CertificateConfig, step_curvature_certificates
 from .curvature import hessian_norm
 from .data import Dataset, contiguous_batches, digits, split_by_label, synthetic
 from .fp import DTYPES
-from .io import versions, write_json_atomic
+from .io import exit_process, versions, write_json_atomic
 from .losses import LOSSES
 from .models import make_mlp, make_vit
 from .models.vit import ViTConfig
@@ -457,4 +457,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
