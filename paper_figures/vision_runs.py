@@ -1,12 +1,13 @@
-"""The vision experiments' result files, as the figures F1-F3 and F7 read them.
+"""The vision experiments' result files, as the figures F1-F3, F7 and F8 read them.
 
 ``python -m tvtheory.experiments.vision`` writes, per seed s, ``<folder>/seed<s>/<task>/<optimizer>.json`` per
-finetuning run and ``<folder>/seed<s>/merge_<optimizer>.json`` per merge, and ``summary`` writes
+finetuning run and ``<folder>/seed<s>/merge_<optimizer>.json`` per merge, ``atm`` writes
+``<folder>/seed<s>/atm_<optimizer>.json`` (ATM against multitask finetuning, F8), and ``summary`` writes
 ``<folder>/e3_summary.json`` (folder: results/vision by default). The figures aggregate those files into their own
 result file in the same folder, every time ``make figures`` runs (it takes a second), so a figure never lags
 behind the runs it is drawn from: ``load`` recomputes the summary over seeds from the merge files
 (``tvtheory.experiments.summary.e3_summary``) with the margin recorded in ``e3_summary.json`` (the config's default
-without one). F1 and F2 draw the lowest seed's runs (``"runs"``), F3 and F7 all seeds.
+without one). F1 and F2 draw the lowest seed's runs (``"runs"``), F3, F7 and F8 all seeds.
 
 When the folder holds no finished runs in seed folders, the quick configuration of the pipeline (``QUICK`` with
 ``QUICK_SEEDS``, the settings of ``make vision-quick``) is run first through the library (a few minutes per seed,
@@ -61,10 +62,12 @@ def _seeded(folder: Path) -> dict[int, Path]:
 
 
 def run_pipeline(folder: Path, config: VisionConfig, seeds: Sequence[int] = QUICK_SEEDS) -> VisionConfig:
-    """The vision pipeline's finetune then merge with ``config`` for each of ``seeds`` (``seed_config``: results in
-    ``folder/seed<s>`` (folder = results/<name>), artifacts in runs/<name>/seed<s> beside results/), then the summary
-    ``folder/e3_summary.json``; returns the config it ran (the folders before the seed's).
+    """The vision pipeline's finetune, merge and atm (``atm.rounds_for(config)`` rounds) with ``config`` for each of
+    ``seeds`` (``seed_config``: results in ``folder/seed<s>`` (folder = results/<name>), artifacts in
+    runs/<name>/seed<s> beside results/), then the summary ``folder/e3_summary.json``; returns the config it ran
+    (the folders before the seed's).
     """
+    from tvtheory.experiments.atm import atm, rounds_for
     from tvtheory.experiments.dist import init_from_env
     from tvtheory.experiments.encoders import load_encoder
     from tvtheory.experiments.merging import merge
@@ -80,6 +83,7 @@ def run_pipeline(folder: Path, config: VisionConfig, seeds: Sequence[int] = QUIC
         if not merge(cfg, encoder, ctx):
             raise RuntimeError(f"the vision pipeline merged nothing in {cfg.results}: it needs finished runs of >= 2 "
                                "tasks")
+        atm(cfg, encoder, ctx, rounds_for(cfg))
     summarise(config)
     return config
 
@@ -100,10 +104,14 @@ def _merges_of(folder: Path) -> dict[str, dict]:
     return merges
 
 
+def _atm_of(folder: Path) -> dict[str, dict]:
+    return {p.stem.removeprefix("atm_"): json.loads(p.read_text()) for p in sorted(folder.glob("atm_*.json"))}
+
+
 def load(folder: str | Path) -> dict:
     """{"runs": {(task, optimizer): run json}, "merges": {optimizer: merge json} (both of the lowest seed),
-    "seeds": {seed: {"runs": ..., "merges": ...}}, "summary": the summary over seeds (None without merges),
-    "source": {...}}.
+    "seeds": {seed: {"runs": ..., "merges": ..., "atm": {optimizer: atm json}}}, "summary": the summary over seeds
+    (None without merges), "source": {...}}.
 
     Runs the quick pipeline first when ``folder`` has no finished run in a seed folder (module docstring).
     """
@@ -120,7 +128,8 @@ def load(folder: str | Path) -> dict:
         else:
             print(f"{folder} has no vision results in seed folders{old}: using the quick ones in {source_folder}",
                   flush=True)
-    seeds = {s: {"runs": _runs_of(f), "merges": _merges_of(f)} for s, f in _seeded(source_folder).items()}
+    seeds = {s: {"runs": _runs_of(f), "merges": _merges_of(f), "atm": _atm_of(f)}
+             for s, f in _seeded(source_folder).items()}
     first = seeds[min(seeds)]
     merges = {s: v["merges"] for s, v in seeds.items() if v["merges"]}
     stored = source_folder / SUMMARY_FILE

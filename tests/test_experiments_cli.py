@@ -53,8 +53,9 @@ def test_finetune_resume_merge_report(tmp_path, capsys):
             assert r["resumed_from_epoch"] == 1 and len(r["records"]) == K == len(r["task_vectors"])
             assert K == QUICK["gd_steps"] if opt == "gd" else QUICK["patience"] < K <= QUICK["max_epochs"]
             assert r["seed"] == 0 and "torch" in r["versions"] and r["config"]["finetune"]["optimizer"] == opt
-            assert r["config"]["quick"] and r["config"]["synthetic"] and r["config"]["max_train"] == 256
-            assert r["data"]["num_train"] == QUICK["max_train"] and "capped by --max-train 256" in r["data"]["note"]
+            assert r["config"]["quick"] and r["config"]["synthetic"] and r["config"]["max_train"] == QUICK["max_train"]
+            assert r["data"]["num_train"] == QUICK["max_train"]
+            assert f"capped by --max-train {QUICK['max_train']}" in r["data"]["note"]
             assert "T4" in r and "does not apply" in r["T4"]
             assert r["task_vectors"][0] == str(art / task / opt / "tau_epoch001.safetensors")
             assert not (tmp_path / task / opt).exists()           # nothing large in the results folder
@@ -116,7 +117,7 @@ def test_bad_arguments_are_one_line_and_status_2(capsys):
 def test_every_subcommand_has_its_own_help_for_every_flag(capsys):
     parser = vision.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"pretrain-info", "finetune", "merge", "summary", "report"}
+    assert set(sub.choices) == {"pretrain-info", "finetune", "merge", "atm", "summary", "report"}
     for name, p in sub.choices.items():
         assert p.description, name
         for action in p._actions:
@@ -178,7 +179,8 @@ def test_results_folder_of_another_data_config_is_refused(tmp_path, capsys):
     assert vision.main([*args, "--quick", "--stop-after", "1"]) == 0
     capsys.readouterr()
     assert vision.main([*args, "--max-train", "100", "--max-val", "20", "--max-test", "20", "--gd-steps", "3"]) == 2
-    _one_error_line(capsys, "was fitted on 256 training images", "this run has 100", "another --max-train")
+    _one_error_line(capsys, f"was fitted on {QUICK['max_train']} training images", "this run has 100",
+                    "another --max-train")
 
 
 def test_missing_pretrained_weights_is_a_message(tmp_path, capsys):

@@ -11,6 +11,7 @@ import json
 import math
 import platform
 import re
+import shutil
 import socket
 import statistics
 import sys
@@ -29,6 +30,7 @@ from paper_figures import (  # noqa: E402
     f4_second_order,
     f5_curvature_bound,
     f6_floating_point,
+    f8_atm,
     figures,
     make_all,
     style,
@@ -47,7 +49,7 @@ TINY = {
                         "runs": [{"seed": 0, "lr": 0.1}]},
 }
 THEORY = ["f4_second_order", "f5_curvature_bound", "f6_floating_point"]
-VISION = ["f1_norm_dominance", "f2_direction_dominance", "f3_merging", "f7_merge_sweep"]
+VISION = ["f1_norm_dominance", "f2_direction_dominance", "f3_merging", "f7_merge_sweep", "f8_atm"]
 # the vision pipeline on a random tiny ViT and random images: seconds, no data needed; three tasks, so that the
 # sweep across T has two sizes (T = 2: 2 of the 3 subsets, T = 3: all tasks)
 VISION_TASKS = ("mnist", "cars", "gtsrb")
@@ -453,6 +455,44 @@ def test_f7_numbers_are_the_sweep_over_seeds(made):
                 sum(m[r["task_vectors"]]["alpha_val"]["mean_accuracy"] for m in merges) / 2, rel=1e-12)
     for d in data["differences"]:
         assert d["verdict"] == verdict([d["ci_low"], d["ci_high"]], d["margin"])
+
+
+def test_f8_numbers_are_the_atm_files_over_seeds(made):
+    """F8's rows: per optimizer and r, the mean over seeds of the atm files' ATM and multitask mean accuracies and of
+    the relative distance, with the 95% t-interval by hand; its references are the merge files' all-task merges."""
+    results = made["results"]
+    data = load(results / "vision" / "f8_atm.json")["data"]
+    files = {(o, s): json.loads((results / "vision" / f"seed{s}" / f"atm_{o}.json").read_text())
+             for o in ("gd", "sgd", "adamw") for s in SEEDS}
+    rounds = files[("gd", 0)]["rounds"]
+    assert rounds == 2 and {(r["optimizer"], r["r"]) for r in data["rows"]} == {
+        (o, r) for o in ("gd", "sgd", "adamw") for r in range(rounds + 1)}
+    for row in data["rows"]:
+        per_seed = [files[(row["optimizer"], s)] for s in SEEDS]
+        for curve in ("atm", "multitask"):
+            values = [p[curve][row["r"]]["mean_accuracy"] for p in per_seed]
+            key = f"{curve}_mean_accuracy"
+            assert (row[key], row[f"{key}_ci_low"], row[f"{key}_ci_high"]) == pytest.approx(_interval(values),
+                                                                                          abs=1e-12)
+        if row["r"] > 0:
+            assert row["relative_distance"] == pytest.approx(
+                sum(p["atm"][row["r"]]["relative_distance"] for p in per_seed) / len(SEEDS), rel=1e-12)
+    for ref in data["references"]:
+        merges = [_merge_file(results, ref["optimizer"], s) for s in SEEDS]
+        assert ref["ta_converged"] == pytest.approx(
+            sum(m["converged"]["alpha_val"]["mean_accuracy"] for m in merges) / len(SEEDS), rel=1e-12)
+
+
+def test_vision_runs_without_atm_skip_f8_with_its_command(made, tmp_path, capsys):
+    shutil.copytree(made["results"] / "vision", tmp_path / "results" / "vision")
+    for path in (tmp_path / "results" / "vision").glob("seed*/atm_*.json"):
+        path.unlink()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(make_all, "figures", lambda: [f8_atm])
+        assert make_all.main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
+                              "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping f8_atm: no seed<s>/atm_<optimizer>.json" in out and "vision atm" in out
 
 
 def test_missing_vision_runs_are_made_with_the_quick_configuration(tmp_path, monkeypatch, capsys):

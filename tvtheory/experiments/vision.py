@@ -7,6 +7,8 @@ Subcommands (each has its own ``--help``):
                   the task vectors <artifacts>/<task>/<optimizer>/tau_epochKKK.safetensors
   merge           E3: task arithmetic of one-epoch vs converged task vectors, all tasks and subsets of T tasks
                   -> <results>/seed<s>/merge_<optimizer>.json
+  atm             ATM (T5): R rounds of one epoch per task merged with alpha 1/T, against multitask finetuning and
+                  E3's task arithmetic -> <results>/seed<s>/atm_<optimizer>.json (after merge)
   summary         E3 over seeds: one-epoch - converged with 95% intervals and a verdict -> <results>/e3_summary.json
   report          print the tables of everything under <results>
 finetune and merge run each seed of --seeds (default 0,1,2; --quick: 0,1) in turn, seed s in <results>/seed<s>/
@@ -41,8 +43,10 @@ from typing import NoReturn
 
 import torch
 
+from ..io import exit_process
 from ..trajectory import DivergenceError
 from ..vision.datasets import DATA_ROOT_DEFAULT, TASKS, DatasetError
+from .atm import DEFAULT_ROUNDS, QUICK_ROUNDS, atm, atm_table, rounds_for
 from .config import HEADS, QUICK, VisionConfig, flag
 from .dist import init_from_env
 from .encoders import load_encoder
@@ -222,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
     p = _Parser(prog="python -m tvtheory.experiments.vision", description=doc.split("\n\n")[0],
                 epilog="\n\n".join(doc.split("\n\n")[1:3]), formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{pretrain-info,finetune,merge,summary,report}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{pretrain-info,finetune,merge,atm,summary,report}")
     info = sub.add_parser("pretrain-info", help="describe the encoder and the tasks' data",
                           description="Print, as JSON, the pretrained encoder (config, number of parameters, "
                                       "provenance) and the built-in tasks' datasets (splits, classes, the paper "
@@ -253,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "the number of tasks is skipped)", type=_ints)
     _add(mg, "merge_subsets", "subsets of each size T, drawn with the seed (all of them when there are no more)",
          type=int)
+    at = sub.add_parser("atm", help="ATM rounds against multitask finetuning and E3's task arithmetic",
+                        description="Per optimizer with finished runs and a merge: ATM (every task finetuned for "
+                                    "one epoch from the merged point, merged with alpha 1/T, --rounds rounds), "
+                                    "multitask finetuning on the union of the tasks for as many epochs, and E3's "
+                                    "all-task merges, all with the same heads and per-task optimizer settings -> "
+                                    "<results>/atm_<optimizer>.json (tvtheory.experiments.atm). Rerunning resumes. "
+                                    "Exit status 1 when nothing was compared.")
+    _run_flags(at)
+    at.add_argument("--rounds", type=int, default=argparse.SUPPRESS,
+                    help=f"ATM rounds and multitask epochs (default {DEFAULT_ROUNDS}; --quick: {QUICK_ROUNDS})")
+    at.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                    help="no progress output")
     sm = sub.add_parser("summary", help="E3 over seeds: intervals and verdicts -> <results>/e3_summary.json",
                         description="Read <results>/seed*/merge_<optimizer>.json and write <results>/e3_summary.json: "
                                     "per optimizer and seed the all-task merged mean test accuracy of the one-epoch "
@@ -328,6 +345,26 @@ def _merge(ns: argparse.Namespace, config: VisionConfig) -> int:
     return 1 if empty else 0
 
 
+def _atm(ns: argparse.Namespace, config: VisionConfig) -> int:
+    rounds = getattr(ns, "rounds", rounds_for(config))
+    if rounds < 1:
+        raise VisionError(f"--rounds is {rounds}: must be >= 1 (ATM rounds and multitask epochs)")
+    ctx = init_from_env()
+    encoder = load_encoder(config)
+    empty = []
+    for seed in seeds_of(ns, config):
+        done = atm(seed_config(config, seed), encoder, ctx, rounds)
+        if not done:
+            empty.append(seed)
+        if ctx.is_main:
+            for payload in done.values():
+                print(f"seed {seed} " + atm_table(payload))
+    if empty and ctx.is_main:
+        print(f"error: nothing compared for seed{'s' if len(empty) > 1 else ''} {','.join(map(str, empty))}: run "
+              f"`finetune` and `merge` with the same --results ({config.results}) and --seeds first", file=sys.stderr)
+    return 1 if empty else 0
+
+
 def _summary(ns: argparse.Namespace, config: VisionConfig) -> int:
     print(summary_table(summarise(config)))
     print(f"wrote {Path(config.results) / SUMMARY_FILE}")
@@ -347,7 +384,8 @@ def _pretrain_info(ns: argparse.Namespace, config: VisionConfig) -> int:
 
 #: The function of each subcommand.
 COMMANDS: Mapping[str, Callable[[argparse.Namespace, VisionConfig], int]] = MappingProxyType({
-    "pretrain-info": _pretrain_info, "finetune": _finetune, "merge": _merge, "summary": _summary, "report": _report})
+    "pretrain-info": _pretrain_info, "finetune": _finetune, "merge": _merge, "atm": _atm, "summary": _summary,
+    "report": _report})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,4 +407,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
