@@ -55,16 +55,32 @@ figures-quick: setup
 
 VISION := $(BIN)/python -m tvtheory.experiments.vision
 
-# finetune and merge run every seed (default 0,1,2; --quick 0,1) into <results>/seed<s>/ and <artifacts>/seed<s>/;
-# summary writes <results>/e3_summary.json (E3 over seeds: intervals, verdicts); report prints it all
+# finetune, merge and atm run every seed (default 0,1,2; --quick 0,1) into <results>/seed<s>/ and
+# <artifacts>/seed<s>/; summary writes <results>/e3_summary.json (E3 over seeds: intervals, verdicts); report prints
+# it all. Both targets use the 2 cores as two processes of one thread each; every step resumes when rerun.
+# vision-quick: one seed per process (under 5 minutes).
+VQ := --quick --results results/vision-quick --artifacts runs/vision-quick --threads 1
 vision-quick: setup
-	$(VISION) finetune --quick --results results/vision-quick --artifacts runs/vision-quick
-	$(VISION) merge --quick --results results/vision-quick --artifacts runs/vision-quick
+	{ $(VISION) finetune $(VQ) --seeds 0 && $(VISION) merge $(VQ) --seeds 0 && \
+	  $(VISION) atm $(VQ) --seeds 0; } & a=$$!; \
+	$(VISION) finetune $(VQ) --seeds 1 && $(VISION) merge $(VQ) --seeds 1 && \
+	  $(VISION) atm $(VQ) --seeds 1; b=$$?; wait $$a && test $$b = 0
 	$(VISION) summary --results results/vision-quick
 	$(VISION) report --results results/vision-quick
 
+# vision: the default run. Finetuning: one seed's 21 runs per process, then seed 2's tasks split 3 / 4; merge and
+# atm: one seed's optimizers per process, then seed 2's split 1 / 2.
 vision: setup
-	$(VISION) finetune && $(VISION) merge && $(VISION) summary && $(VISION) report
+	{ $(VISION) finetune --seeds 0 --threads 1 && $(VISION) finetune --seeds 2 --threads 1 --tasks cifar10,cars,dtd10; } & a=$$!; \
+	$(VISION) finetune --seeds 1 --threads 1 && $(VISION) finetune --seeds 2 --threads 1 \
+	  --tasks fashion_mnist,gtsrb,mnist,animal_mnist; b=$$?; wait $$a && test $$b = 0
+	{ $(VISION) merge --seeds 0 --threads 1 && $(VISION) merge --seeds 2 --threads 1 --optimizers gd; } & a=$$!; \
+	$(VISION) merge --seeds 1 --threads 1 && $(VISION) merge --seeds 2 --threads 1 --optimizers sgd,adamw; b=$$?; \
+	  wait $$a && test $$b = 0
+	{ $(VISION) atm --seeds 0 --threads 1 && $(VISION) atm --seeds 2 --threads 1 --optimizers sgd; } & a=$$!; \
+	$(VISION) atm --seeds 1 --threads 1 && $(VISION) atm --seeds 2 --threads 1 --optimizers gd,adamw; b=$$?; \
+	  wait $$a && test $$b = 0
+	$(VISION) summary && $(VISION) report
 
 # The GPU scale check (tvtheory/experiments/gpu_check.py, docs/performance.md "GPU scale check").
 # gpu-pack: a 48 MiB subset of ../shared/data in gpu_data/ (ignored), the folder the device run carries.

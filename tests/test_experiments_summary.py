@@ -175,9 +175,11 @@ def test_two_seeds_end_to_end(tmp_path, capsys):
     """finetune, merge (sweep: T = 2 with 2 of the 3 subsets, T = 3 = all tasks, T = 5 skipped), summary and report
     on --synthetic with seeds 0 and 1; the summary's numbers recomputed here from the merge files."""
     res, art = tmp_path / "r", tmp_path / "a"
-    common = ["--synthetic", "--quick", "--tasks", ",".join(TASKS), "--optimizers", "gd,sgd", "--seeds", "0,1",
-              "--results", str(res), "--artifacts", str(art)]
-    assert vision.main(["finetune", *common, "--no-progress", "--no-second-order"]) == 0
+    common = ["--synthetic", "--tasks", ",".join(TASKS), "--optimizers", "gd,sgd", "--seeds", "0,1",
+              "--max-train", "128", "--max-val", "64", "--max-test", "128", "--results", str(res),
+              "--artifacts", str(art)]
+    assert vision.main(["finetune", *common, "--max-epochs", "3", "--patience", "1", "--gd-steps", "3",
+                        "--batch-size", "32", "--sharpness-subset", "32", "--no-progress", "--no-second-order"]) == 0
     assert vision.main(["merge", *common, "--merge-sizes", "2,3,5", "--merge-subsets", "2"]) == 0
     assert vision.main(["summary", "--results", str(res), "--equivalence-margin", "1.5"]) == 0
     out = capsys.readouterr().out

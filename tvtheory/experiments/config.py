@@ -6,8 +6,9 @@ of the command line. Construction validates everything that can be checked witho
 names, learning rates, the ``--task-folder`` folders, the quick preset) and raises ``VisionError`` with a
 message naming the field, its flag and the fix, so a bad setting is refused before any data is read.
 
-``VisionConfig.quick_preset(**fields)`` is the ``--quick`` configuration (``QUICK``: at most 4 epochs,
-patience 2, 4 GD steps, on 256 training images; ``make vision-quick``); a config with ``quick=True`` must keep
+``VisionConfig.quick_preset(**fields)`` is the ``--quick`` configuration (``QUICK``: at most 3 epochs,
+patience 1, 3 GD steps, on 128 training images, one subset per merge size; ``make vision-quick``, under 5
+minutes on 2 cores); a config with ``quick=True`` must keep
 the preset's values, so that a result labelled "quick" (the figures' ``configuration``) is the preset.
 ``unused_settings()`` lists the settings that differ from their default yet do nothing with the chosen
 optimizers (e.g. a weight decay without AdamW); the command line prints them as warnings.
@@ -29,9 +30,9 @@ from .errors import VisionError
 from .finetune import FINETUNE_OPTIMIZERS
 from .step_size import LR_SCALE
 
-#: The E3 merge coefficients tried on validation; finer near 0: with 7 tasks the best alpha on validation is
-#: small (0.1, the smallest of 0.1..1.0, in a first run).
-DEFAULT_ALPHA_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+#: The E3 merge coefficients tried on validation; finer near 0, where the best alpha of 7 tasks lies (0.05-0.15
+#: in the pilots of issue 14); 7 values, since every value costs one validation pass per task of every merge.
+DEFAULT_ALPHA_GRID = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
 #: The merge sizes T of E3's sweep across T (subsets of T tasks; a size above the number of tasks is skipped).
 DEFAULT_MERGE_SIZES = (2, 3, 5, 7)
@@ -41,8 +42,8 @@ HEADS = ("prototype", "probe")
 
 #: The ``--quick`` preset: the fields it sets and their values.
 QUICK: Mapping[str, int] = MappingProxyType(
-    {"max_epochs": 4, "patience": 2, "gd_steps": 4, "max_train": 256, "max_val": 128, "max_test": 256,
-     "batch_size": 64, "sharpness_subset": 64})
+    {"max_epochs": 3, "patience": 1, "gd_steps": 3, "max_train": 128, "max_val": 64, "max_test": 128,
+     "batch_size": 32, "sharpness_subset": 32, "merge_subsets": 1})
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -85,28 +86,28 @@ class VisionConfig:
     # better one, at most ``max_epochs``; tau^(conv) is the best-validation epoch); gd takes ``gd_steps``
     # full-batch steps (tau^(conv) the last); gd / sgd learning rates a number or "auto" (LR_SCALE / lambda_hat);
     # AdamW's learning rate and weight decay; images per sgd / adamw step; images of the curvature estimate
-    max_epochs: int = 30
+    max_epochs: int = 15
     patience: int = 3
-    gd_steps: int = 30
+    gd_steps: int = 15
     lr_gd: float | str = "auto"
     lr_sgd: float | str = "auto"
-    lr_adamw: float = 1e-4
+    lr_adamw: float = 2e-4
     weight_decay: float = 0.01
-    batch_size: int = 128
+    batch_size: int = 64
     sharpness_subset: int = 256
     # the data: the folder of the zips (None: TVTHEORY_DATA or ../shared/data), caps on each split (0 = all),
     # the seed of the subsets, the batches and the curvature estimate
     data_root: str | None = None
-    max_train: int = 4000
-    max_val: int = 500
-    max_test: int = 2000
+    max_train: int = 1000
+    max_val: int = 250
+    max_test: int = 500
     seed: int = 0
     # the merge's coefficients; the analysis; numerics (examples per forward pass, floating-point type, threads)
     alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
     # E3 across T: the merge sizes T and the subsets per size (merging.sweep); the margin (accuracy points) of the
     # equivalence verdict over seeds (summary)
     merge_sizes: tuple[int, ...] = DEFAULT_MERGE_SIZES
-    merge_subsets: int = 5
+    merge_subsets: int = 2
     equivalence_margin: float = 2.0
     second_order: bool = True
     chunk_size: int = 256
