@@ -7,8 +7,10 @@ round, merged with alpha = 1/T) and multitask finetuning after r epochs on the u
 references: task arithmetic of the one-epoch and of the converged task vectors (E3's all-task merges, alpha on
 validation), the tasks finetuned alone (converged) and the pretrained encoder. Bottom row: the distance of ATM's
 iterate to the multitask one, ||theta_ATM^(r) - theta_MT^(r)|| / ||theta_MT^(r) - theta_0|| (log scale; for GD
-rounding only, T5(a); for SGD the accumulated second-order terms, T5(b)-(c)). Every point is the mean over seeds
-with its 95 % Student-t interval (``summary.mean_interval``), none with one seed.
+rounding only, T5(a); for SGD the accumulated second-order terms, T5(b)-(c)), each seed and their mean (a
+t-interval of three positive numbers reaches below zero, which a log scale cannot show; the tables have it).
+The accuracies are means over seeds with their 95 % Student-t interval (``summary.mean_interval``), none with one
+seed.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def compute(config: dict, bar, folder) -> dict:
             row["relative_distance"] = None if dist is None else dist["mean"]
             row["relative_distance_ci_low"] = None if dist is None else dist["ci_low"]
             row["relative_distance_ci_high"] = None if dist is None else dist["ci_high"]
+            row["relative_distance_per_seed"] = [p["atm"][r]["relative_distance"] for p in payloads] if r else None
             row["seeds"] = len(payloads)
             rows.append(row)
         ref = {"optimizer": opt, "seeds": len(payloads), "rounds": rounds,
@@ -123,13 +126,17 @@ def draw(result: dict):
             ax.set_ylabel("mean test accuracy")
         ax = axes[1][j]
         later = [r for r in rows if r["r"] > 0]
-        ax.errorbar([r["r"] for r in later], [style.value(r["relative_distance"]) for r in later],
-                    yerr=_errors(later, "relative_distance"), color=style.BLUE, marker="o", capsize=3)
+        for n, per_seed in enumerate(zip(*(r["relative_distance_per_seed"] for r in later), strict=True)):
+            ax.plot([r["r"] for r in later], per_seed, color=style.SKY, linewidth=0.8, marker=".",
+                    label="one seed" if n == 0 else None)
+        ax.plot([r["r"] for r in later], [style.value(r["relative_distance"]) for r in later], color=style.BLUE,
+                marker="o", label="mean over seeds")
         ax.set_yscale("log")
-        ax.set_xlabel("epochs per task $r$ (ATM rounds, multitask epochs)")
+        ax.set_xlabel("epochs per task $r$")
         ax.set_xticks(r_axis)
         if j == 0:
             ax.set_ylabel("$\\|\\theta_{ATM}^{(r)} - \\theta_{MT}^{(r)}\\| / \\|\\theta_{MT}^{(r)} - \\theta_0\\|$")
+    axes[1][0].legend(loc="best", frameon=False, fontsize="small")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(f"ATM against task arithmetic and multitask finetuning on the same heads\n"

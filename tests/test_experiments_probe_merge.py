@@ -206,3 +206,16 @@ def test_the_cache_is_keyed_by_the_parameters_values():
     assert cached(theta.float(), "a", "val") == 4.0          # another dtype: another encoder
     assert seen == [0.0, 0.0, 0.0, 4.0, 4.0]
     assert (cached.passes, cached.reused, cached.images) == (5, 1, 15)
+
+
+def test_merge_table_reads_a_stored_merge_with_an_undefined_normalised_accuracy():
+    """A task finetuned to 0 % makes its normalised accuracy NaN, stored as null: the table prints n/a (it had
+    raised a TypeError in ``report``)."""
+    from tvtheory.experiments.merging import merge_table
+
+    scores = {"alpha": 0.1, "mean_accuracy": 0.5, "mean_normalised_accuracy": None, "gain_recovery": None}
+    payload = {"optimizer": "sgd", "seed": 0, "one_epoch": {"alpha_val": scores, "alpha_1_over_T": scores,
+                                                            "tasks": ["a", "b"]},
+               "converged": {"alpha_val": scores, "alpha_1_over_T": scores}}
+    table = merge_table(payload)
+    assert "norm=n/a" in table and "acc=0.5000" in table

@@ -92,9 +92,17 @@ def test_frozen_parameters_and_buffers_are_constants_of_the_loss():
     assert problem.num_params == sum(p.numel() for p in trainable)       # the frozen weight is not in theta
     with torch.no_grad():
         expected = cross_entropy(model.eval()(x), y)                    # eval: BatchNorm on its running statistics
-    assert torch.equal(problem.objective(problem.theta0), expected)
+        batch_stats = cross_entropy(model.train()(x), y)                # a loss that used the batch statistics
+    model.eval()
+    # The objective (functional_call over views of theta) and the module's own forward are two float paths: on some
+    # CPUs (an AVX-512/AMX Xeon here) their sums run in another order and the loss differs in its last bit (1 ulp
+    # in float32, 2 in float64). Equal up to 4 ulps of the loss; a frozen weight or buffer taken for a variable, or
+    # BatchNorm on batch statistics, moves it by far more (the asserts after this one).
+    ulps = 4 * torch.finfo(expected.dtype).eps * abs(float(expected))
+    assert abs(float(problem.objective(problem.theta0)) - float(expected)) <= ulps
+    assert abs(float(batch_stats) - float(expected)) > 1e3 * ulps
     moved = problem.theta0 + 0.1
-    assert not torch.equal(problem.objective(moved), expected)          # theta does enter the loss
+    assert abs(float(problem.objective(moved)) - float(expected)) > 1e3 * ulps   # theta does enter the loss
     assert model.encoder[0].weight.requires_grad is False and isinstance(model.encoder[0].weight, nn.Parameter)
 
 
