@@ -50,7 +50,7 @@ from .encoders import Encoder
 from .errors import VisionError
 from .finetune import FinetuneConfig, batch_gradient, finetune, make_batches, make_optimizer
 from .heads import classifier, task_head
-from .merging import VECTORS, converged_epoch, finished_runs, merge_scores
+from .merging import VECTORS, converged_epoch, finished_runs, format_number, merge_scores
 from .probe import FrozenHeadClassifier, split_accuracy
 from .storage import load_vector, save_checkpoint, save_vector, tau_path
 from .tasks import TaskData, load_task_data
@@ -59,6 +59,13 @@ from .tasks import TaskData, load_task_data
 #: under ``--quick``.
 DEFAULT_ROUNDS = 5
 QUICK_ROUNDS = 2
+
+
+def check_rounds(rounds: int) -> int:
+    """``rounds`` when it is an integer >= 1, else a VisionError naming ``--rounds``."""
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise VisionError(f"--rounds is {rounds!r}: must be an integer >= 1 (ATM rounds, multitask epochs)")
+    return rounds
 
 
 def rounds_for(config: VisionConfig) -> int:
@@ -173,8 +180,7 @@ def atm_optimizer(optimizer: str, config: VisionConfig, encoder: Encoder, ctx: D
     """ATM, multitask finetuning and task arithmetic for one optimizer's finished E3 runs and merge (>= 2 tasks,
     else None), written to ``<results>/atm_<optimizer>.json``.
     """
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-        raise VisionError(f"--rounds is {rounds!r}: must be an integer >= 1 (ATM rounds, multitask epochs)")
+    check_rounds(rounds)
     runs = finished_runs(config, optimizer)
     merge_file = Path(config.results) / f"merge_{optimizer}.json"
     if len(runs) < 2:
@@ -262,19 +268,15 @@ def atm_table(payload: dict) -> str:
     opt, lines = payload["optimizer"], []
     lines.append(f"{opt}: ATM (alpha 1/T) vs multitask finetuning, mean test accuracy / gain recovery")
     for a, m in zip(payload["atm"], payload["multitask"], strict=True):
-        lines.append(f"  r={a['round']}  atm {a['mean_accuracy']:.4f} / {_fmt(a['gain_recovery'])}   "
-                     f"multitask {m['mean_accuracy']:.4f} / {_fmt(m['gain_recovery'])}   "
-                     f"||atm - mt|| / ||mt - theta0|| {_fmt(a['relative_distance'], '.2e')}")
+        lines.append(f"  r={a['round']}  atm {a['mean_accuracy']:.4f} / {format_number(a['gain_recovery'], '.3f')}   "
+                     f"multitask {m['mean_accuracy']:.4f} / {format_number(m['gain_recovery'], '.3f')}   "
+                     f"||atm - mt|| / ||mt - theta0|| {format_number(a['relative_distance'], '.2e')}")
     for kind, entry in payload["task_arithmetic"].items():
         e = entry["alpha_val"]
         lines.append(f"  task arithmetic {kind:>9} (alpha_val {e['alpha']:.3f}, {entry['task_epochs']} task-epochs): "
-                     f"{e['mean_accuracy']:.4f} / {_fmt(e['gain_recovery'])}")
+                     f"{e['mean_accuracy']:.4f} / {format_number(e['gain_recovery'], '.3f')}")
     return "\n".join(lines)
 
 
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "n/a" if value is None or value != value else format(value, spec)
-
-
 __all__: Sequence[str] = ("DEFAULT_ROUNDS", "QUICK_ROUNDS", "atm", "atm_optimizer", "atm_rounds", "atm_table",
-                          "multitask_finetune", "multitask_weights", "round_config", "rounds_for")
+                          "check_rounds", "multitask_finetune", "multitask_weights", "round_config", "rounds_for")

@@ -282,7 +282,8 @@ def merge(config: VisionConfig, encoder: Encoder, ctx: DistContext) -> dict[str,
     return merged
 
 
-def _number(value: float | None, fmt: str) -> str:
+def format_number(value: float | None, fmt: str) -> str:
+    """``format(value, fmt)``, or "n/a" for an undefined number (None, as JSON stores NaN, or NaN)."""
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
@@ -295,15 +296,16 @@ def merge_table(m: dict) -> str:
         for which in ("alpha_val", "alpha_1_over_T"):
             r = m[name][which]
             lines.append(f"  {name:>9} {which:>14} alpha={r['alpha']:.3f}  acc={r['mean_accuracy']:.4f}  "
-                         f"norm={_number(r['mean_normalised_accuracy'], '.4f')}  "
-                         f"gain={_number(r.get('gain_recovery'), '.3f')}")
+                         f"norm={format_number(r['mean_normalised_accuracy'], '.4f')}  "
+                         f"gain={format_number(r.get('gain_recovery'), '.3f')}")
     sw = m.get("sweep")
     if sw:
         for size, entry in sw["by_size"].items():
             mean = entry["mean_over_subsets"]
             cells = "  ".join(f"{name} acc={mean[name]['alpha_val']['mean_accuracy']:.4f} "
-                              f"norm={_number(mean[name]['alpha_val']['mean_normalised_accuracy'], '.4f')} "
-                              f"gain={_number(mean[name]['alpha_val']['gain_recovery'], '.3f')}" for name in VECTORS)
+                              f"norm={format_number(mean[name]['alpha_val']['mean_normalised_accuracy'], '.4f')} "
+                              f"gain={format_number(mean[name]['alpha_val']['gain_recovery'], '.3f')}"
+                              for name in VECTORS)
             lines.append(f"  T={size} ({len(entry['subsets'])} subsets): {cells}")
         if sw["sizes_skipped"]:
             lines.append(f"  T={','.join(map(str, sw['sizes_skipped']))}: skipped (more than the "

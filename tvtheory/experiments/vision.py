@@ -46,7 +46,7 @@ import torch
 from ..io import exit_process
 from ..trajectory import DivergenceError
 from ..vision.datasets import DATA_ROOT_DEFAULT, TASKS, DatasetError
-from .atm import DEFAULT_ROUNDS, QUICK_ROUNDS, atm, atm_table, rounds_for
+from .atm import DEFAULT_ROUNDS, QUICK_ROUNDS, atm, atm_table, check_rounds, rounds_for
 from .config import HEADS, QUICK, VisionConfig, flag
 from .dist import init_from_env
 from .encoders import load_encoder
@@ -346,9 +346,7 @@ def _merge(ns: argparse.Namespace, config: VisionConfig) -> int:
 
 
 def _atm(ns: argparse.Namespace, config: VisionConfig) -> int:
-    rounds = getattr(ns, "rounds", rounds_for(config))
-    if rounds < 1:
-        raise VisionError(f"--rounds is {rounds}: must be >= 1 (ATM rounds and multitask epochs)")
+    rounds = check_rounds(getattr(ns, "rounds", rounds_for(config)))       # before any work
     ctx = init_from_env()
     encoder = load_encoder(config)
     empty = []
