@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from tvtheory.experiments.summary import mean_interval
-
 from . import style, vision_runs
 from .results import Table
 
@@ -56,12 +54,6 @@ def _task_values(m: dict, t: str) -> dict:
             "merged_converged_1_over_T": m["converged"]["alpha_1_over_T"]["test_accuracy"][t]}
 
 
-def _ends(values: list[float]) -> tuple[float, float | None, float | None]:
-    r = mean_interval(values)
-    ci = r["ci95"]
-    return (r["mean"], None, None) if isinstance(ci, str) else (r["mean"], ci[0], ci[1])
-
-
 def _row(opt: str, task: str, per_seed: list[dict]) -> dict:
     """Means over seeds of the per-seed values (accuracies and normalised accuracies), intervals of the merges
     and of the difference one-epoch - converged (points).
@@ -69,11 +61,12 @@ def _row(opt: str, task: str, per_seed: list[dict]) -> dict:
     row: dict = {"optimizer": opt, "task": task, "seeds": len(per_seed)}
     for key in KEYS:
         for suffix in ("", "_normalised"):
-            mean, lo, hi = _ends([v[key + suffix] for v in per_seed])
+            mean, lo, hi = vision_runs.mean_and_ends([v[key + suffix] for v in per_seed])
             row[key + suffix] = mean
             if key in WITH_INTERVAL:
                 row[f"{key}{suffix}_ci_low"], row[f"{key}{suffix}_ci_high"] = lo, hi
-    mean, lo, hi = _ends([100 * (v["merged_one_epoch"] - v["merged_converged"]) for v in per_seed])
+    mean, lo, hi = vision_runs.mean_and_ends([100 * (v["merged_one_epoch"] - v["merged_converged"])
+                                              for v in per_seed])
     row.update({"difference_points": mean, "difference_points_ci_low": lo, "difference_points_ci_high": hi})
     return row
 

@@ -37,11 +37,6 @@ def seeds(config: dict) -> int:
     return 0
 
 
-def _ends(r: dict) -> tuple[float | None, float | None]:
-    ci = r["ci95"]
-    return (None, None) if isinstance(ci, str) else (ci[0], ci[1])
-
-
 def compute(config: dict, bar, folder) -> dict:
     loaded = vision_runs.load(folder)
     summary = loaded["summary"]
@@ -57,10 +52,10 @@ def compute(config: dict, bar, folder) -> dict:
                 for score in SCORES:
                     r = entry[kind][score]
                     row[score] = r["mean"]
-                    row[f"{score}_ci_low"], row[f"{score}_ci_high"] = _ends(r)
+                    row[f"{score}_ci_low"], row[f"{score}_ci_high"] = vision_runs.interval_ends(r)
                 rows.append(row)
             d = entry["difference_points"]
-            lo, hi = _ends(d)
+            lo, hi = vision_runs.interval_ends(d)
             differences.append({"optimizer": opt, "T": int(size), "seeds": d["n"], "difference_points": d["mean"],
                                 "ci_low": lo, "ci_high": hi, "margin": summary["equivalence_margin"],
                                 "verdict": entry["verdict"]})

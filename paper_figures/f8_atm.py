@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from tvtheory.experiments.summary import mean_interval
-
 from . import style, vision_runs
 from .results import Table
 
@@ -44,13 +42,6 @@ def seeds(config: dict) -> int:
     return 0
 
 
-def _interval(values) -> dict:
-    r = mean_interval(values)
-    ci = r["ci95"]
-    lo, hi = (None, None) if isinstance(ci, str) else (ci[0], ci[1])
-    return {"mean": r["mean"], "ci_low": lo, "ci_high": hi, "seeds": r["n"]}
-
-
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
@@ -73,22 +64,20 @@ def compute(config: dict, bar, folder) -> dict:
             row = {"optimizer": opt, "r": r}
             for curve, *_ in CURVES:
                 for key in ("mean_accuracy", "mean_normalised_accuracy", "gain_recovery"):
-                    stats = _interval([p[curve][r][key] for p in payloads])
-                    row[f"{curve}_{key}"] = stats["mean"]
-                    row[f"{curve}_{key}_ci_low"], row[f"{curve}_{key}_ci_high"] = stats["ci_low"], stats["ci_high"]
-            dist = _interval([p["atm"][r]["relative_distance"] for p in payloads]) if r else None
-            row["relative_distance"] = None if dist is None else dist["mean"]
-            row["relative_distance_ci_low"] = None if dist is None else dist["ci_low"]
-            row["relative_distance_ci_high"] = None if dist is None else dist["ci_high"]
-            row["relative_distance_per_seed"] = [p["atm"][r]["relative_distance"] for p in payloads] if r else None
+                    row[f"{curve}_{key}"], row[f"{curve}_{key}_ci_low"], row[f"{curve}_{key}_ci_high"] = (
+                        vision_runs.mean_and_ends([p[curve][r][key] for p in payloads]))
+            per_seed = [p["atm"][r]["relative_distance"] for p in payloads] if r else None
+            row["relative_distance"], row["relative_distance_ci_low"], row["relative_distance_ci_high"] = (
+                vision_runs.mean_and_ends(per_seed) if per_seed else (None, None, None))
+            row["relative_distance_per_seed"] = per_seed
             row["seeds"] = len(payloads)
             rows.append(row)
         ref = {"optimizer": opt, "seeds": len(payloads), "rounds": rounds,
                "atm_task_epochs": rounds * len(payloads[0]["tasks"])}
         for kind, key in (("one_epoch", "ta_one_epoch"), ("converged", "ta_converged")):
             ta = [p["task_arithmetic"][kind] for p in payloads]
-            stats = _interval([t["alpha_val"]["mean_accuracy"] for t in ta])
-            ref[key], ref[f"{key}_ci_low"], ref[f"{key}_ci_high"] = stats["mean"], stats["ci_low"], stats["ci_high"]
+            ref[key], ref[f"{key}_ci_low"], ref[f"{key}_ci_high"] = vision_runs.mean_and_ends(
+                [t["alpha_val"]["mean_accuracy"] for t in ta])
             ref[f"{key}_task_epochs"] = _mean(t["task_epochs"] for t in ta)
             end = [t["alpha_val"][f"to_multitask_epoch_{p['rounds']}"]["relative_distance"]
                    for t, p in zip(ta, payloads, strict=True)]
@@ -98,12 +87,6 @@ def compute(config: dict, bar, folder) -> dict:
         references.append(ref)
     bar.update()
     return {"source": loaded["source"], "rows": rows, "references": references}
-
-
-def _errors(rows: list[dict], key: str):
-    mine = [{key: r[key], f"{key}_ci_low": r[f"{key}_ci_low"], f"{key}_ci_high": r[f"{key}_ci_high"]}
-            for r in rows]
-    return style.interval_errors(mine, key)
 
 
 def draw(result: dict):
@@ -117,8 +100,9 @@ def draw(result: dict):
         ax = axes[0][j]
         for n, (curve, label, colour, marker, line) in enumerate(CURVES):
             key = f"{curve}_mean_accuracy"
-            ax.errorbar(r_axis + (n - 0.5) * 0.08, [style.value(r[key]) for r in rows], yerr=_errors(rows, key),
-                        color=colour, marker=marker, linestyle=line, capsize=3, label=label)
+            ax.errorbar(r_axis + (n - 0.5) * 0.08, [style.value(r[key]) for r in rows],
+                        yerr=style.interval_errors(rows, key), color=colour, marker=marker, linestyle=line,
+                        capsize=3, label=label)
         for key, label, colour, line in REFERENCES:
             ax.axhline(ref[key], color=colour, linestyle=line, linewidth=1.0, label=label)
         ax.set_title(vision_runs.OPTIMIZER_LABELS[opt])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tvtheory.experiments.config import VisionConfig
 from tvtheory.experiments.finetune import FINETUNE_OPTIMIZERS as OPTIMIZERS
-from tvtheory.experiments.summary import QUICK_SEEDS, SUMMARY_FILE, e3_summary, seed_folders
+from tvtheory.experiments.summary import QUICK_SEEDS, SUMMARY_FILE, e3_summary, mean_interval, seed_folders
 
 from . import style
 
@@ -145,6 +145,18 @@ def load(folder: str | Path) -> dict:
               "epochs": max(len(r["records"]) for v in seeds.values() for r in v["runs"].values()),
               "seed": any_run["seed"], "seeds": sorted(seeds), "files": files}
     return {"runs": first["runs"], "merges": first["merges"], "seeds": seeds, "summary": summary, "source": source}
+
+
+def interval_ends(r: dict) -> tuple[float | None, float | None]:
+    """(low, high) of a ``summary.mean_interval`` result; (None, None) without an interval (one seed)."""
+    ci = r["ci95"]
+    return (None, None) if isinstance(ci, str) else (ci[0], ci[1])
+
+
+def mean_and_ends(values: Sequence[float | None]) -> tuple[float, float | None, float | None]:
+    """(mean, low, high) over seeds: ``summary.mean_interval`` of ``values`` and its ``interval_ends``."""
+    r = mean_interval(values)
+    return (r["mean"], *interval_ends(r))
 
 
 def seed_spread(source: dict) -> str:
