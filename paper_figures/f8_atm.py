@@ -134,7 +134,8 @@ def tables(result: dict) -> list[Table]:
         key = f"{curve}_mean_accuracy"
         cols += [(f"{label} acc", key), ("95% low", f"{key}_ci_low"), ("95% high", f"{key}_ci_high"),
                  (f"{label} gain recovery", f"{curve}_gain_recovery")]
-    cols += [("ATM-MT rel. distance", "relative_distance")]
+    cols += [("ATM-MT rel. distance", "relative_distance"), ("95% low", "relative_distance_ci_low"),
+             ("95% high", "relative_distance_ci_high")]
     return [
         Table("ATM after r rounds and multitask finetuning after r epochs: mean test accuracy over the tasks, "
               "mean over seeds with the 95% t-interval", "data.rows", cols),
