@@ -49,11 +49,10 @@ from .dist import DistContext
 from .encoders import Encoder
 from .errors import VisionError
 from .finetune import FinetuneConfig, batch_gradient, finetune, make_batches, make_optimizer
-from .heads import classifier, task_head
-from .merging import VECTORS, converged_epoch, finished_runs, format_number, merge_scores
-from .probe import FrozenHeadClassifier, split_accuracy
+from .merging import VECTORS, TaskModels, converged_epoch, finished_runs, format_number, merge_scores
+from .probe import FrozenHeadClassifier
 from .storage import load_vector, save_checkpoint, save_vector, tau_path
-from .tasks import TaskData, load_task_data
+from .tasks import TaskData
 
 #: ATM rounds (and multitask epochs) of ``python -m tvtheory.experiments.vision atm`` without ``--rounds``, and
 #: under ``--quick``.
@@ -192,22 +191,15 @@ def atm_optimizer(optimizer: str, config: VisionConfig, encoder: Encoder, ctx: D
     if sorted(ta["one_epoch"]["tasks"]) != tasks:
         raise VisionError(f"{merge_file} merged {ta['one_epoch']['tasks']}, the finished runs are {tasks}: "
                           f"rerun merge")
-    data = {t: load_task_data(t, config, encoder) for t in tasks}
-    heads = {t: task_head(t, data[t], config, encoder, ctx) for t in tasks}
-    models = {t: classifier(heads[t], encoder, ctx) for t in tasks}
-    layout = ParamLayout.of(models[tasks[0]])
-    theta0 = flat_params(models[tasks[0]])
+    tm = TaskModels.load(tasks, config, encoder, ctx)
+    data, models, layout, theta0 = tm.data, tm.models, tm.layout, tm.theta0
     configs = {t: round_config(runs[t]) for t in tasks}
     finetuned = {t: runs[t]["accuracy"]["finetuned"]["test"] for t in tasks}
-    pretrained = {t: heads[t].info["pretrained_accuracy"]["test"] for t in tasks}
+    pretrained = tm.pretrained_test_accuracy()
     folder = Path(config.artifacts) / "atm" / optimizer
 
     def scores(theta: torch.Tensor) -> dict:
-        acc = {}
-        for t in tasks:
-            load_flat_(models[t], theta)
-            acc[t] = split_accuracy(models[t], data[t].split("test"), ctx, config.chunk_size, encoder.prepare)
-        return merge_scores(acc, pretrained, finetuned)
+        return merge_scores({t: tm.accuracy(theta, t, "test") for t in tasks}, pretrained, finetuned)
 
     mt = multitask_finetune(theta0, models, data, configs, rounds, folder / "multitask", ctx, encoder.prepare,
                             config.progress, f"multitask/{optimizer}")

@@ -37,6 +37,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,11 @@ from ..task_vectors import merge as merge_vectors
 from .config import DEFAULT_ALPHA_GRID, VisionConfig
 from .dist import DistContext
 from .encoders import Encoder
-from .heads import classifier, task_head
-from .probe import split_accuracy
+from .heads import Head, classifier, task_head
+from .probe import FrozenHeadClassifier, split_accuracy
 from .runs import result_path
 from .storage import load_vector, tau_path
-from .tasks import load_task_data
+from .tasks import TaskData, load_task_data
 
 # acc_fn(theta, task, split) -> accuracy of the encoder theta with task's head on split ("val" or "test")
 AccuracyFn = Callable[[torch.Tensor, str, str], float]
@@ -222,6 +223,43 @@ def evaluate_merges(theta0: torch.Tensor, vectors: Mapping[str, Mapping[str, tor
     return out
 
 
+@dataclass(frozen=True)
+class TaskModels:
+    """What evaluating (or finetuning) encoders on several tasks needs: each task's data, frozen head and
+    classifier (a copy of the pretrained encoder with that head), the parameter layout and theta_0; ``load`` builds
+    it, ``accuracy(theta, task, split)`` evaluates the encoder theta with the task's head.
+    """
+
+    data: dict[str, TaskData]
+    heads: dict[str, Head]
+    models: dict[str, FrozenHeadClassifier]
+    layout: ParamLayout
+    theta0: torch.Tensor
+    ctx: DistContext
+    chunk_size: int
+    prepare: Callable | None
+
+    @classmethod
+    def load(cls, tasks: Sequence[str], config: VisionConfig, encoder: Encoder, ctx: DistContext) -> TaskModels:
+        """The tasks' data and heads (``tasks.load_task_data``, ``heads.task_head``) and a classifier each."""
+        data = {t: load_task_data(t, config, encoder) for t in tasks}
+        heads = {t: task_head(t, data[t], config, encoder, ctx) for t in tasks}
+        models = {t: classifier(heads[t], encoder, ctx) for t in tasks}
+        first = models[tasks[0]]
+        return cls(data, heads, models, ParamLayout.of(first), flat_params(first), ctx, config.chunk_size,
+                   encoder.prepare)
+
+    def accuracy(self, theta: torch.Tensor, task: str, split: str) -> float:
+        """Accuracy on ``split`` of ``task`` of the encoder ``theta`` with the task's head (an ``AccuracyFn``)."""
+        load_flat_(self.models[task], theta)
+        return split_accuracy(self.models[task], self.data[task].split(split), self.ctx, self.chunk_size,
+                              self.prepare)
+
+    def pretrained_test_accuracy(self) -> dict[str, float]:
+        """{task: test accuracy at theta_0}, as recorded when its head was fitted."""
+        return {t: h.info["pretrained_accuracy"]["test"] for t, h in self.heads.items()}
+
+
 def converged_epoch(run: Mapping) -> int:
     """k* of a run, tau^(conv) = tau^(k*): ``run["stopping"]["converged_epoch"]``."""
     return int(run["stopping"]["converged_epoch"])
@@ -241,18 +279,10 @@ def merge_optimizer(optimizer: str, config: VisionConfig, encoder: Encoder, ctx:
     if len(runs) < 2:
         return None
     tasks = sorted(runs)
-    data = {t: load_task_data(t, config, encoder) for t in tasks}
-    heads = {t: task_head(t, data[t], config, encoder, ctx) for t in tasks}
-    models = {t: classifier(heads[t], encoder, ctx) for t in tasks}
-    layout = ParamLayout.of(models[tasks[0]])
-    theta0 = flat_params(models[tasks[0]])
-
-    def acc_fn(theta: torch.Tensor, t: str, split: str) -> float:
-        load_flat_(models[t], theta)
-        return split_accuracy(models[t], data[t].split(split), ctx, config.chunk_size, encoder.prepare)
-
+    tm = TaskModels.load(tasks, config, encoder, ctx)
+    layout, theta0 = tm.layout, tm.theta0
     finetuned = {t: runs[t]["accuracy"]["finetuned"]["test"] for t in tasks}
-    pretrained = {t: heads[t].info["pretrained_accuracy"]["test"] for t in tasks}
+    pretrained = tm.pretrained_test_accuracy()
     epochs = {"one_epoch": dict.fromkeys(tasks, 1), "converged": {t: converged_epoch(runs[t]) for t in tasks}}
     out = {"optimizer": optimizer, "versions": versions(), "config": config.to_dict(), "seed": config.seed,
            "finetuned_test_accuracy": finetuned,
@@ -263,9 +293,9 @@ def merge_optimizer(optimizer: str, config: VisionConfig, encoder: Encoder, ctx:
                             "tasks' test accuracies"}
     vectors = {kind: {t: load_vector(tau_path(Path(config.artifacts) / t / optimizer, epochs[kind][t]),
                                      layout).to(theta0.device) for t in tasks} for kind in VECTORS}
-    out.update(evaluate_merges(theta0, vectors, acc_fn, finetuned, pretrained, config.merge_sizes,
+    out.update(evaluate_merges(theta0, vectors, tm.accuracy, finetuned, pretrained, config.merge_sizes,
                                config.merge_subsets, config.seed, config.alpha_grid,
-                               lambda t, split: int(data[t].split(split)[0].shape[0])))
+                               lambda t, split: int(tm.data[t].split(split)[0].shape[0])))
     if ctx.is_main:
         write_json_atomic(Path(config.results) / f"merge_{optimizer}.json", out)
     ctx.barrier()
