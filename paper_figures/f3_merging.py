@@ -39,11 +39,6 @@ def seeds(config: dict) -> int:
     return 0
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
-
-
 def _task_values(m: dict, t: str) -> dict:
     """The accuracies of one seed's merge payload on task t."""
     return {"pretrained": m["pretrained_test_accuracy"][t], "finetuned": m["finetuned_test_accuracy"][t],
@@ -86,7 +81,7 @@ def compute(config: dict, bar, folder) -> dict:
             for v in values.values():
                 v.update({f"{k}_normalised": v[k] / v["finetuned"] if v["finetuned"] > 0 else float("nan")
                           for k in KEYS})
-            values[AVERAGE] = {k: _mean(values[t][k] for t in tasks) for k in values[tasks[0]]}
+            values[AVERAGE] = {k: vision_runs.mean(values[t][k] for t in tasks) for k in values[tasks[0]]}
             per_seed_task[s] = values
         for t in [*tasks, AVERAGE]:
             rows.append(_row(opt, t, [per_seed_task[s][t] for s in merges]))

@@ -42,11 +42,6 @@ def seeds(config: dict) -> int:
     return 0
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
-
-
 def compute(config: dict, bar, folder) -> dict:
     loaded = vision_runs.load(folder)
     per_opt: dict[str, list[dict]] = {}
@@ -78,12 +73,12 @@ def compute(config: dict, bar, folder) -> dict:
             ta = [p["task_arithmetic"][kind] for p in payloads]
             ref[key], ref[f"{key}_ci_low"], ref[f"{key}_ci_high"] = vision_runs.mean_and_ends(
                 [t["alpha_val"]["mean_accuracy"] for t in ta])
-            ref[f"{key}_task_epochs"] = _mean(t["task_epochs"] for t in ta)
+            ref[f"{key}_task_epochs"] = vision_runs.mean(t["task_epochs"] for t in ta)
             end = [t["alpha_val"][f"to_multitask_epoch_{p['rounds']}"]["relative_distance"]
                    for t, p in zip(ta, payloads, strict=True)]
-            ref[f"{key}_to_multitask_end"] = _mean(end)
-        ref["finetuned"] = _mean(_mean(p["finetuned_test_accuracy"].values()) for p in payloads)
-        ref["pretrained"] = _mean(_mean(p["pretrained_test_accuracy"].values()) for p in payloads)
+            ref[f"{key}_to_multitask_end"] = vision_runs.mean(end)
+        ref["finetuned"] = vision_runs.mean(vision_runs.mean(p["finetuned_test_accuracy"].values()) for p in payloads)
+        ref["pretrained"] = vision_runs.mean(vision_runs.mean(p["pretrained_test_accuracy"].values()) for p in payloads)
         references.append(ref)
     bar.update()
     return {"source": loaded["source"], "rows": rows, "references": references}

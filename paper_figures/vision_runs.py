@@ -147,6 +147,12 @@ def load(folder: str | Path) -> dict:
     return {"runs": first["runs"], "merges": first["merges"], "seeds": seeds, "summary": summary, "source": source}
 
 
+def mean(values) -> float:
+    """sum / count of an iterable of numbers (the plain mean the figures' per-task and per-seed averages use)."""
+    values = list(values)
+    return sum(values) / len(values)
+
+
 def interval_ends(r: dict) -> tuple[float | None, float | None]:
     """(low, high) of a ``summary.mean_interval`` result; (None, None) without an interval (one seed)."""
     ci = r["ci95"]
